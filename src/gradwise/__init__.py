@@ -1,0 +1,13 @@
+"""gradwise: PyTorch optimizers that read their gradients, composable and proven against their papers."""
+
+__version__ = "0.1.0"
+
+from . import core, optim, transforms  # noqa: E402
+from .core import ChainOptimizer, Transform, available, create, entries, get, register  # noqa: E402
+from .optim import *  # noqa: E402,F401,F403
+from .optim import __all__ as _optimizers  # noqa: E402
+
+__all__ = [
+    "ChainOptimizer", "Transform", "available", "core", "create", "entries", "get", "optim", "register",
+    "transforms", *_optimizers,
+]

@@ -1,0 +1,239 @@
+"""The engine: a `torch.optim.Optimizer` that runs a chain of small gradient transforms on each parameter.
+
+An optimizer subclass declares `defaults` (its hyper-parameters and their paper values), `ranges` (what
+each accepts) and `chain(h)`, which turns one param group's hyper-parameters `h` into a tuple of
+`Transform`s. The engine owns the rest: validation at construction, param groups, state allocation,
+step counts, closures, `maximize`, the non-finite gradient policy and torch's `state_dict` format.
+
+A transform sees the running update `u` (it starts as the gradient), the parameter `p`, the parameter's
+state dict `s` and its step count `t` (1 on the first step), and returns the new `u`. Transforms that
+accumulate statistics write them into `s` under a fixed name; the last transform of a chain writes the
+parameter. `u` may be the caller's `p.grad`: a transform never modifies `u` in place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterable
+from types import SimpleNamespace
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import required
+
+from .validation import Flag, OneOf, Range
+
+State = dict[str, Any]
+UpdateFn = Callable[[Tensor, Tensor, State, float], Tensor]
+InitFn = Callable[[Tensor], dict[str, Tensor]]
+
+NONFINITE_POLICIES = ("skip", "raise", "ignore")
+
+
+def _no_state(p: Tensor) -> dict[str, Tensor]:
+    return {}
+
+
+class Transform(NamedTuple):
+    """One idea of an optimizer: `init(p)` allocates its state, `update(u, p, s, t)` maps the update."""
+
+    update: UpdateFn
+    init: InitFn = _no_state
+
+
+def zeros_state(*names: str) -> InitFn:
+    """An `init` that allocates one zero tensor shaped like the parameter per name."""
+
+    def init(p: Tensor) -> dict[str, Tensor]:
+        return {name: torch.zeros_like(p, memory_format=torch.preserve_format) for name in names}
+
+    return init
+
+
+class ChainOptimizer(torch.optim.Optimizer):
+    """Base class of every gradwise optimizer: a chain of transforms run per parameter.
+
+    Engine options shared by every optimizer:
+      maximize (bool, per group): ascend the objective instead of descending it.
+      nonfinite ("skip" | "raise" | "ignore", per optimizer): what a step does when any gradient holds
+        NaN or infinity. The default, "skip", leaves every parameter and every state tensor untouched and
+        counts the step in `skipped_steps`: one bad batch (an overflow in mixed precision, a division by
+        zero in a loss) would otherwise write NaN into the moment estimates, from which Adam-like methods
+        never recover. The check reads each gradient once more (one reduction per tensor and one host
+        synchronisation per step); "ignore" removes it and behaves as torch.optim does, "raise" stops
+        with an error that names the parameter.
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {}
+    ranges: ClassVar[dict[str, Range]] = {}
+    engine_defaults: ClassVar[dict[str, Any]] = {"maximize": False}
+    engine_ranges: ClassVar[dict[str, Range]] = {"maximize": Flag()}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        hyper = {**cls.defaults, **cls.engine_defaults}
+        parameters = [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        parameters += [
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value)
+            for name, value in hyper.items()
+        ]
+        parameters.append(inspect.Parameter("nonfinite", inspect.Parameter.KEYWORD_ONLY, default="skip"))
+        cls.__signature__ = inspect.Signature(parameters)  # what help() and IDEs show
+
+    def __init__(self, params: Iterable[Any], *args: Any, nonfinite: str = "skip", **hyper: Any) -> None:
+        name = type(self).__name__
+        accepted = {**type(self).defaults, **self.engine_defaults}
+        if len(args) > len(accepted):
+            raise TypeError(f"{name} takes at most {len(accepted)} positional hyper-parameters, got {len(args)}")
+        for key, value in zip(accepted, args, strict=False):
+            if key in hyper:
+                raise TypeError(f"{name} got multiple values for argument {key!r}")
+            hyper[key] = value
+        unknown = [key for key in hyper if key not in accepted]
+        if unknown:
+            raise TypeError(unknown_argument_message(name, unknown[0], accepted))
+        missing = [key for key, value in {**accepted, **hyper}.items() if value is required]
+        if missing:
+            raise TypeError(f"{name} needs a value for {missing[0]!r} (it has no default in the paper's code)")
+        self.nonfinite = OneOf(NONFINITE_POLICIES).check("nonfinite", nonfinite)
+        self.skipped_steps = 0
+        super().__init__(params, {**accepted, **hyper})
+
+    # -- what a subclass provides ------------------------------------------------------------------
+    def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
+        """The transforms of one param group, given its hyper-parameters `h`."""
+        raise NotImplementedError
+
+    # -- param groups ------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        where = f" (param group {len(self.param_groups) - 1})" if len(self.param_groups) > 1 else ""
+        try:
+            for index, p in enumerate(group["params"]):
+                if not p.is_floating_point():
+                    raise TypeError(
+                        f"{type(self).__name__} optimizes floating-point tensors only: parameter {index}"
+                        f"{where} has dtype {p.dtype}"
+                    )
+            for key, rng in {**self.ranges, **self.engine_ranges}.items():
+                group[key] = rng.check(key + where, group[key])
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    # -- the step ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = self._params_with_grad()
+        if self.nonfinite != "ignore" and not self._gradients_finite(work):
+            self.skipped_steps += 1
+            return loss
+        for group, params in work:
+            if not params:
+                continue
+            h = hyper_parameters(group)
+            chain = self.chain(h)
+            for p in params:
+                state = self.state[p]
+                if "step" not in state:
+                    self._init_state(p, state, chain)
+                state["step"] += 1
+                t = float(state["step"])
+                u = -p.grad if h.maximize else p.grad
+                for transform in chain:
+                    u = transform.update(u, p, state, t)
+        return loss
+
+    def _init_state(self, p: Tensor, state: State, chain: tuple[Transform, ...]) -> None:
+        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+        for transform in chain:
+            state.update(transform.init(p))
+
+    def _params_with_grad(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            params = []
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients (parameter {pi} of param "
+                        f"group {gi}); use torch.optim.SparseAdam for sparse embeddings"
+                    )
+                params.append(p)
+            work.append((group, params))
+        return work
+
+    def _gradients_finite(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> bool:
+        grads = [p.grad for _, params in work for p in params if p.grad.numel() > 0]
+        if not grads:
+            return True
+        device = grads[0].device
+        peaks = torch.stack(
+            [torch.linalg.vector_norm(g, float("inf")).to(device=device, dtype=torch.float32) for g in grads]
+        )
+        finite = torch.isfinite(peaks)
+        if bool(finite.all()):
+            return True
+        if self.nonfinite == "raise":
+            bad = grads[int((~finite).nonzero()[0])]
+            for gi, (group, _) in enumerate(work):
+                for pi, p in enumerate(group["params"]):
+                    if p.grad is bad:
+                        raise FloatingPointError(
+                            f"{type(self).__name__}: non-finite gradient in parameter {pi} of param group "
+                            f"{gi} (shape {tuple(p.shape)}); nonfinite='raise'. Use nonfinite='skip' to skip "
+                            f"such steps"
+                        )
+        return False
+
+    # -- saving and loading ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["gradwise"] = {"skipped_steps": self.skipped_steps}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # torch casts floating state to the parameter's dtype and lets loaded tensors alias the caller's
+        # dict; gradwise keeps every tensor exactly as saved (dtype and bits) in memory of its own.
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            saved = state_dict["state"].get(saved_id)
+            if saved is not None:
+                self.state[p] = {k: _own_copy(v, p.device, k) for k, v in saved.items()}
+        self.skipped_steps = int(state_dict.get("gradwise", {}).get("skipped_steps", 0))
+
+
+def _own_copy(value: Any, device: torch.device, key: str) -> Any:
+    if not isinstance(value, Tensor):
+        return value
+    if key == "step":  # stays on the host, as in torch.optim
+        return value.detach().clone()
+    return value.detach().to(device=device, copy=True)
+
+
+def hyper_parameters(group: dict[str, Any]) -> SimpleNamespace:
+    """A param group's hyper-parameters as attributes (`h.lr`), without its parameters."""
+    return SimpleNamespace(**{k: v for k, v in group.items() if k != "params"})
+
+
+def unknown_argument_message(owner: str, key: str, accepted: Iterable[str]) -> str:
+    accepted = list(accepted)
+    close = difflib.get_close_matches(key, accepted, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{owner} got an unknown hyper-parameter {key!r}.{hint} Accepted: {', '.join(accepted)}"
+
+
+def bias_correction(beta: float, t: float) -> float:
+    """1 - beta^t: the factor that un-biases an EMA started at zero after t steps."""
+    return 1.0 - beta**t
