@@ -1,0 +1,35 @@
+"""Heavy-ball momentum, with dampening and the Nesterov look-ahead, as SGD-style optimizers use it."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..core import Transform, zeros_state
+
+
+def heavy_ball(
+    momentum: float,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    dampen_first_step: bool = True,
+    key: str = "momentum_buffer",
+) -> Transform:
+    """b <- momentum b + (1 - dampening) u;  u <- u + momentum b (Nesterov) or u <- b.
+
+    The buffer b, kept in state[key], starts at zero. With `dampen_first_step=True` the first step is the
+    general rule, b_1 = (1 - dampening) u_1: the convention of the AdamP authors' SGDP. With False, the
+    first step copies the update undamped, b_1 = u_1: the convention of torch.optim.SGD (which, with
+    momentum=0, keeps no buffer at all; express that by leaving this transform out of the chain).
+    Polyak, 1964; Nesterov's variant as formulated by Sutskever et al., ICML 2013.
+    """
+
+    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+        buf = s[key]
+        if t == 1 and not dampen_first_step:
+            buf.copy_(u)
+        else:
+            buf.mul_(momentum).add_(u, alpha=1 - dampening)
+        # The buffer itself is returned: later transforms never modify u in place (engine contract).
+        return u.add(buf, alpha=momentum) if nesterov else buf
+
+    return Transform(update, zeros_state(key))
