@@ -2,7 +2,19 @@
 
 from .engine import NONFINITE_POLICIES, ChainOptimizer, Transform, bias_correction, hyper_parameters, zeros_state
 from .registry import Entry, available, create, entries, get, parameter_groups, register
-from .validation import Beta, Betas, Flag, Integer, Interval, NonNegative, OneOf, Optional, Positive, Range, UnitInterval
+from .validation import (
+    Beta,
+    Betas,
+    Flag,
+    Integer,
+    Interval,
+    NonNegative,
+    OneOf,
+    Optional,
+    Positive,
+    Range,
+    UnitInterval,
+)
 
 __all__ = [
     "NONFINITE_POLICIES", "Beta", "Betas", "ChainOptimizer", "Entry", "Flag", "Integer", "Interval",

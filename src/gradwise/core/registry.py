@@ -24,23 +24,33 @@ class Entry:
     year: int
     oracle: str
     preset: dict[str, Any] = field(default_factory=dict)
+    kind: str = "optimizer"  # or "sampler": draws from a distribution instead of minimising
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
 def register(
-    name: str, *, paper: str, year: int, oracle: str, preset: dict[str, Any] | None = None
+    name: str,
+    *,
+    paper: str,
+    year: int,
+    oracle: str,
+    preset: dict[str, Any] | None = None,
+    kind: str = "optimizer",
 ) -> Callable[[type], type]:
     """Class decorator: make an optimizer reachable by `name` in `create`, `get` and `available`.
 
-    `preset` registers a variant (for example "amsgrad" flags) under its own name.
+    `preset` registers a variant (for example "amsgrad" flags) under its own name; `kind` is "optimizer"
+    or "sampler" (stochastic-gradient MCMC: it samples a posterior rather than minimising a loss).
     """
+    if kind not in ("optimizer", "sampler"):
+        raise ValueError(f"kind={kind!r} is not accepted: kind must be 'optimizer' or 'sampler'")
 
     def decorate(cls: type) -> type:
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"optimizer name {name!r} is already registered by {_REGISTRY[name].cls.__name__}")
-        _REGISTRY[name] = Entry(name, cls, paper, year, oracle, dict(preset or {}))
+        _REGISTRY[name] = Entry(name, cls, paper, year, oracle, dict(preset or {}), kind)
         return cls
 
     return decorate
