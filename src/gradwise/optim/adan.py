@@ -87,7 +87,7 @@ class Adan(ChainOptimizer):
         return loss
 
     def _global_grad_norm(self) -> Tensor | None:
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None and not p.grad.is_sparse]
         if not grads:
             return None
         dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
