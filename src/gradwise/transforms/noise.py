@@ -1,0 +1,99 @@
+"""Langevin noise and friction: the transforms that turn a descent method into a posterior sampler.
+
+Each transform here draws standard normal noise xi for its parameter with `gaussian_like`: from torch's
+global generator by default, or from the `torch.Generator` passed in (it must live on the parameter's
+device). Draws happen in the order the engine visits parameters (param groups in order, parameters in
+order), one draw of the parameter's shape per parameter per step, so a seeded generator gives a
+reproducible chain.
+
+The gradient u these transforms receive must be the gradient of the full-data negative log posterior
+U(theta) = -log p(theta) - sum_i log p(x_i | theta) (see `gradwise.sampling.collect.neg_log_posterior`):
+the injected noise is calibrated against that scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..core import Transform, zeros_state
+
+
+def gaussian_like(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """A tensor of independent N(0, 1) draws with p's shape, dtype and device."""
+    return torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device)
+
+
+def langevin_step(lr: float, temperature: float = 1.0, generator: torch.Generator | None = None) -> Transform:
+    """p <- p - lr u + sqrt(2 lr T) xi, xi ~ N(0, I): an Euler-Maruyama step of overdamped Langevin dynamics.
+
+    Its stationary distribution (as lr -> 0, with exact gradients) is proportional to exp(-U / T).
+    """
+    scale = math.sqrt(2.0 * lr * temperature)
+
+    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+        noise = gaussian_like(p, generator)
+        p.add_(u, alpha=-lr).add_(noise, alpha=scale)
+        return u
+
+    return Transform(update)
+
+
+def preconditioned_langevin_step(
+    lr: float,
+    temperature: float,
+    eps: float,
+    generator: torch.Generator | None = None,
+    second: str = "square_avg",
+) -> Transform:
+    """G = 1 / (eps + sqrt(v));  p <- p - lr G u + sqrt(2 lr T G) xi, with v read from state[second].
+
+    The diagonal preconditioner of pSGLD (Li et al., 2016), v the RMSprop average of squared gradients.
+    The correction term Gamma(theta) = sum_j dG_ij / dtheta_j of the exact preconditioned dynamics is
+    left out (see `gradwise.optim.langevin.PSGLD`).
+    """
+
+    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+        precondition = s[second].sqrt().add_(eps).reciprocal_()
+        noise = gaussian_like(p, generator).mul_(precondition.sqrt()).mul_(math.sqrt(2.0 * lr * temperature))
+        p.addcmul_(precondition, u, value=-lr).add_(noise)
+        return u
+
+    return Transform(update)
+
+
+def sghmc_friction(
+    lr: float,
+    friction: float,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    noise_estimate: tuple[str, str, float] | None = None,
+    key: str = "momentum_buffer",
+) -> Transform:
+    """b <- (1 - friction) b + lr u + N(0, 2 lr max(friction T - beta_hat, 0));  returns b.
+
+    The momentum of SGHMC (Chen et al., 2014) in their (eta, alpha) form, with eta = lr and
+    alpha = friction, kept as b = -v so that the step p <- p - b (`sgd_step(1.0)`) completes it.
+    beta_hat = lr V / 2 is the part of the diffusion the stochastic gradient already supplies, V its
+    variance. Without `noise_estimate` beta_hat = 0. With `noise_estimate = (mean_key, sq_key, decay)`,
+    V = max(m2 / c - (m1 / c)^2, 0) per coordinate, from EMAs m1 of u and m2 of u^2 (state[mean_key],
+    state[sq_key], maintained by earlier transforms with coefficient `decay`), c = 1 - decay^t.
+    """
+
+    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+        buf = s[key]
+        noise = gaussian_like(p, generator)
+        if noise_estimate is None:
+            noise.mul_(math.sqrt(2.0 * lr * friction * temperature))
+        else:
+            mean_key, sq_key, decay = noise_estimate
+            correction = 1.0 - decay**t
+            variance = (s[sq_key] / correction).sub_((s[mean_key] / correction).square_()).clamp_(min=0.0)
+            beta_hat = variance.mul_(0.5 * lr)
+            noise.mul_(beta_hat.neg_().add_(friction * temperature).clamp_(min=0.0).mul_(2.0 * lr).sqrt_())
+        buf.mul_(1.0 - friction).add_(u, alpha=lr).add_(noise)
+        return buf
+
+    return Transform(update, zeros_state(key))
