@@ -20,5 +20,5 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 test: install
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
