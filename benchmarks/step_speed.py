@@ -1,0 +1,315 @@
+"""How long one optimizer step takes, next to torch's fused AdamW and the memory-bandwidth floor.
+
+For every registered optimizer (registry kind "optimizer") and every shape set, one `step()` is timed with
+fixed gradients: the median of `--repeats` steps after `--warmup` steps. The contenders of one row (the
+gradwise optimizer, torch.optim.AdamW(fused=True), the peer package's optimizer where it has one) are timed
+round-robin, one step each in turn, so that load from other processes hits them alike and the ratios stay
+meaningful on a shared machine.
+
+The floor is the time a step needs just to move its bytes: every parameter, gradient and state tensor read
+once and every parameter and state tensor written once, (3 + 2 k) * numel * itemsize for k state tensors
+per parameter, divided by the bandwidth of a triad c = a + s * b measured in the same run on arrays larger
+than the caches. Optimizers that need a reduction over a whole tensor before they can update it (AdamP's
+cosine test, Adan's gradient clipping) must read some tensors twice, so their true floor is higher.
+
+Run:  .venv/bin/python benchmarks/step_speed.py [--quick] [--shapes 100x100k,1000x1k,transformer]
+                                                [--optimizers adamw,adan] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+import gradwise
+from gradwise.core.registry import entry
+
+Shape = tuple[int, ...]
+
+
+# -- shapes ----------------------------------------------------------------------------------------------
+def transformer_shapes(layers: int = 4, d_model: int = 256, d_ff: int = 1024, vocab: int = 8192,
+                       context: int = 512) -> list[Shape]:
+    """The parameter shapes of a small GPT-style transformer (tied embedding and output head)."""
+    shapes: list[Shape] = [(vocab, d_model), (context, d_model)]
+    for _ in range(layers):
+        shapes += [(d_model,), (d_model,),                      # attention layer norm
+                   (3 * d_model, d_model), (3 * d_model,),      # q, k, v projection
+                   (d_model, d_model), (d_model,),              # output projection
+                   (d_model,), (d_model,),                      # MLP layer norm
+                   (d_ff, d_model), (d_ff,), (d_model, d_ff), (d_model,)]
+    shapes += [(d_model,), (d_model,)]                          # final layer norm
+    return shapes
+
+
+def _count(text: str) -> int:
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1].lower(), 1)
+    return int(text[:-1] if scale > 1 else text) * scale
+
+
+def parse_shapes(spec: str, quick: bool = False) -> dict[str, list[Shape]]:
+    """'100x100k,1000x1k,transformer' -> {name: shapes}; NxM means N tensors of M elements each."""
+    out: dict[str, list[Shape]] = {}
+    for name in (s.strip() for s in spec.split(",") if s.strip()):
+        if name == "transformer":
+            out[name] = transformer_shapes(2, 128, 512, 2048, 256) if quick else transformer_shapes()
+        else:
+            try:
+                tensors, elements = name.lower().split("x")
+                out[name] = [(_count(elements),)] * _count(tensors)
+            except ValueError:
+                raise SystemExit(f"--shapes: {name!r} is neither 'transformer' nor NxM (e.g. 100x100k)") from None
+    return out
+
+
+# -- peers -------------------------------------------------------------------------------------------------
+def peer_factory(name: str) -> tuple[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] | None:
+    """pytorch-optimizer's version of the gradwise optimizer `name`, configured alike, or None."""
+    try:
+        import pytorch_optimizer as po
+    except ImportError:
+        return None
+    lr = 1e-3
+    table: dict[str, tuple[str, Callable]] = {
+        # gradwise's AdaBelief rectifies by default, as the authors' package does; pytorch-optimizer does not.
+        "adabelief": ("AdaBelief", lambda ps: po.AdaBelief(ps, lr=lr, rectify=True)),
+        "adamp": ("AdamP", lambda ps: po.AdamP(ps, lr=lr)),
+        # pytorch_optimizer.AdamW is torch.optim.AdamW itself, run here with its defaults (foreach on CPU).
+        "adamw": ("AdamW", lambda ps: po.AdamW(ps, lr=lr)),
+        "adan": ("Adan", lambda ps: po.Adan(ps, lr=lr)),
+        "diffgrad": ("DiffGrad", lambda ps: po.DiffGrad(ps, lr=lr)),
+        "sgdp": ("SGDP", lambda ps: po.SGDP(ps, lr=lr)),
+    }
+    return table.get(name)
+
+
+def peer_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("pytorch-optimizer")
+    except Exception:
+        return "not installed"
+
+
+# -- machine -----------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def triad_bandwidth(elements: int = 32_000_000, repeats: int = 10, stat: str = "median") -> float:
+    """Bytes per second of c = a + s * b on float32 arrays (3 arrays counted, the STREAM convention)."""
+    a, b, c = torch.rand(elements), torch.rand(elements), torch.empty(elements)
+    for _ in range(2):
+        torch.add(a, b, alpha=3.0, out=c)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.add(a, b, alpha=3.0, out=c)
+        times.append(time.perf_counter() - t0)
+    return 3 * elements * a.element_size() / STATS[stat](times)
+
+
+# -- timing ------------------------------------------------------------------------------------------------
+def make_params(shapes: Sequence[Shape], seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.randn(shape, generator=g).requires_grad_()
+        p.grad = torch.randn(shape, generator=g) * 1e-2
+        params.append(p)
+    return params
+
+
+def state_tensors_per_param(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> int:
+    """How many parameter-sized state tensors the optimizer keeps (the largest count over parameters)."""
+    counts = [sum(1 for v in opt.state[p].values() if torch.is_tensor(v) and v.numel() == p.numel() > 1)
+              for p in params]
+    return max(counts, default=0)
+
+
+def floor_bytes(params: list[torch.Tensor], state_tensors: int) -> int:
+    """Bytes one step must move: read p, g and each state tensor; write p and each state tensor."""
+    return sum(p.numel() * p.element_size() for p in params) * (3 + 2 * state_tensors)
+
+
+STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+
+
+def time_round_robin(steps: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                     stat: str = "median") -> dict[str, float]:
+    """Seconds per call of each step function (median or min), timed in turn so that load hits all alike."""
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for key, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[key].append(time.perf_counter() - t0)
+    return {k: STATS[stat](v) for k, v in samples.items()}
+
+
+@dataclass
+class Row:
+    optimizer: str
+    shape: str
+    tensors: int
+    elements: int
+    state_tensors: int
+    eager_ms: float
+    fused_adamw_ms: float
+    floor_ms: float
+    peer: str
+    peer_ms: float | None
+
+    @property
+    def vs_fused(self) -> float:
+        return self.eager_ms / self.fused_adamw_ms
+
+    @property
+    def vs_floor(self) -> float:
+        return self.eager_ms / self.floor_ms
+
+
+@dataclass
+class Report:
+    threads: int
+    torch_version: str
+    cpu: str
+    peer_version: str
+    bandwidth: float  # bytes per second
+    rows: list[Row]
+    stat: str = "median"
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
+
+
+def optimizer_names() -> list[str]:
+    return [n for n in gradwise.available() if entry(n).kind == "optimizer"]
+
+
+def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None = None, repeats: int = 10,
+              warmup: int = 3, threads: int | None = None, triad_elements: int = 32_000_000,
+              nonfinite: str = "skip", peers: bool = True, stat: str = "median",
+              log: Callable[[str], None] | None = None) -> Report:
+    """Time every optimizer on every shape set; the core of this script (also run by the smoke test)."""
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    names = list(optimizers) if optimizers else optimizer_names()
+    load_before = os.getloadavg()[0]
+    bandwidth = triad_bandwidth(triad_elements, stat=stat)
+    rows = []
+    for shape_name, shape_list in shapes.items():
+        for name in names:
+            contenders: dict[str, torch.optim.Optimizer] = {}
+            params = {}
+            params["eager"] = make_params(shape_list)
+            contenders["eager"] = gradwise.create(name, params["eager"], lr=1e-3, nonfinite=nonfinite)
+            params["fused"] = make_params(shape_list)
+            contenders["fused"] = torch.optim.AdamW(params["fused"], lr=1e-3, fused=True)
+            peer = peer_factory(name) if peers else None
+            if peer is not None:
+                params["peer"] = make_params(shape_list)
+                contenders["peer"] = peer[1](params["peer"])
+            times = time_round_robin({k: opt.step for k, opt in contenders.items()}, repeats, warmup, stat)
+            k = state_tensors_per_param(contenders["eager"], params["eager"])
+            row = Row(
+                optimizer=name, shape=shape_name, tensors=len(shape_list),
+                elements=sum(math.prod(s) for s in shape_list),
+                state_tensors=k, eager_ms=times["eager"] * 1e3, fused_adamw_ms=times["fused"] * 1e3,
+                floor_ms=floor_bytes(params["eager"], k) / bandwidth * 1e3,
+                peer=f"pytorch_optimizer.{peer[0]}" if peer else "-",
+                peer_ms=times["peer"] * 1e3 if peer else None,
+            )
+            rows.append(row)
+            if log:
+                log(format_row(row))
+            del contenders, params
+    return Report(threads, torch.__version__, cpu_model(), peer_version(), bandwidth, rows, stat,
+                  (load_before, os.getloadavg()[0]))
+
+
+# -- output ------------------------------------------------------------------------------------------------
+COLUMNS = ("optimizer", "shape", "k", "eager ms", "fusedAdamW ms", "x fused", "floor ms", "x floor",
+           "fused x floor", "peer ms", "x peer")
+WIDTHS = (10, 12, 2, 9, 13, 7, 8, 7, 13, 8, 6)
+
+
+def format_row(r: Row) -> str:
+    adamw_floor = r.floor_ms * 7 / (3 + 2 * r.state_tensors)  # fused AdamW keeps 2 state tensors
+    cells = (r.optimizer, r.shape, str(r.state_tensors), f"{r.eager_ms:.2f}", f"{r.fused_adamw_ms:.2f}",
+             f"{r.vs_fused:.2f}", f"{r.floor_ms:.2f}", f"{r.vs_floor:.2f}", f"{r.fused_adamw_ms / adamw_floor:.2f}",
+             "-" if r.peer_ms is None else f"{r.peer_ms:.2f}",
+             "-" if r.peer_ms is None else f"{r.eager_ms / r.peer_ms:.2f}")
+    return "  ".join(c.rjust(w) for c, w in zip(cells, WIDTHS, strict=True))
+
+
+def format_header(report: Report) -> str:
+    return "\n".join([
+        f"torch {report.torch_version}, threads {report.threads}, CPU {report.cpu}, {os.cpu_count()} cores;"
+        f" load average {report.load[0]:.1f} before, {report.load[1]:.1f} after",
+        f"times: {report.stat} of the timed steps",
+        f"pytorch-optimizer {report.peer_version}; triad bandwidth {report.bandwidth / 1e9:.1f} GB/s (float32,"
+        " 3 arrays counted)",
+        "k: parameter-sized state tensors; floor = (3 + 2k) * bytes(params) / triad bandwidth;"
+        " x peer < 1 means gradwise is faster",
+    ])
+
+
+def format_table(report: Report) -> str:
+    head = "  ".join(c.rjust(w) for c, w in zip(COLUMNS, WIDTHS, strict=True))
+    return "\n".join([format_header(report), "", head, "-" * len(head), *(format_row(r) for r in report.rows)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats (a minute)")
+    parser.add_argument("--shapes", default="100x100k,1000x1k,transformer",
+                        help="comma list: NxM (N tensors of M elements) or 'transformer'")
+    parser.add_argument("--optimizers", default="", help="comma list of registered names (default: all)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per contender (median)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--nonfinite", default="skip", choices=("skip", "raise", "ignore"),
+                        help="gradwise's non-finite gradient policy (library default: skip)")
+    parser.add_argument("--stat", default="median", choices=tuple(STATS),
+                        help="statistic of the timed steps (min resists load from other processes)")
+    parser.add_argument("--no-peers", action="store_true", help="do not time pytorch-optimizer")
+    args = parser.parse_args(argv)
+    if args.quick and args.shapes == parser.get_default("shapes"):
+        args.shapes = "20x100k,200x1k,transformer"
+    repeats = args.repeats or (5 if args.quick else 15)
+    known = optimizer_names()
+    names = [n.strip() for n in args.optimizers.split(",") if n.strip()] or known
+    for n in names:
+        if n not in known:
+            parser.error(f"--optimizers: unknown optimizer {n!r}; registered: {', '.join(known)}")
+    shapes = parse_shapes(args.shapes, quick=args.quick)
+    print(f"timing {len(names)} optimizers x {len(shapes)} shape sets, median of {repeats} steps ...",
+          file=sys.stderr)
+    report = benchmark(shapes, names, repeats=repeats, warmup=args.warmup, threads=args.threads,
+                       nonfinite=args.nonfinite, peers=not args.no_peers, stat=args.stat,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
