@@ -10,7 +10,7 @@ from torch.optim.optimizer import required
 
 from ..core import Beta, Betas, ChainOptimizer, Flag, NonNegative, Transform, UnitInterval, register
 from ..transforms.moments import first_moment, second_moment
-from ..transforms.momentum import heavy_ball
+from ..transforms.momentum import heavy_ball, replace_buffer
 from ..transforms.projection import radial_projection
 from ..transforms.steps import sgd_step
 
@@ -83,7 +83,8 @@ class SGDP(ChainOptimizer):
     b <- momentum b + (1 - dampening) g  (b starts at zero, so b_1 = (1 - dampening) g);
     d = g + momentum b if nesterov else b;
     for p of 2 or more dimensions, the projection test and d <- d - p_n <p_n, d> of AdamP, giving
-      r = wd_ratio where it fires and r = 1 otherwise;
+      r = wd_ratio where it fires and r = 1 otherwise; without Nesterov, b <- d (the package projects its
+      buffer in place, so the projected direction is what the next step's momentum builds on);
     p <- p (1 - lr weight_decay r / (1 - momentum));  p <- p - lr d.
 
     Defaults: the authors' package adamp 0.3.0 (lr required, momentum=0, dampening=0, weight_decay=0,
@@ -104,5 +105,7 @@ class SGDP(ChainOptimizer):
         return (
             heavy_ball(h.momentum, h.dampening, h.nesterov),
             radial_projection(h.delta, h.wd_ratio, h.eps, decay=h.lr * h.weight_decay / (1 - h.momentum)),
+            # Without Nesterov, the authors' update is their momentum buffer itself, projected in place.
+            *(() if h.nesterov else (replace_buffer(),)),
             sgd_step(h.lr),
         )

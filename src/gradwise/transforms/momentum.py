@@ -33,3 +33,19 @@ def heavy_ball(
         return u.add(buf, alpha=momentum) if nesterov else buf
 
     return Transform(update, zeros_state(key))
+
+
+def replace_buffer(key: str = "momentum_buffer") -> Transform:
+    """state[key] <- u: the buffer carries on from the update as processed so far, not as accumulated.
+
+    The authors' SGDP without Nesterov projects the tensor that is its momentum buffer in place, so the
+    buffer it carries into the next step is the projected one; placed after `radial_projection`, this
+    transform reproduces that. Passes u on unchanged.
+    """
+
+    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+        if u is not s[key]:
+            s[key].copy_(u)
+        return u
+
+    return Transform(update)
