@@ -21,6 +21,15 @@ STEPS = 40
 TOLERANCE = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tensors here are tiny: a second intra-op thread only adds synchronisation (7x slower on CI)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Net(nn.Module):
     """Holds both kinds of scale-invariant weight: a conv before BatchNorm is invariant channel by channel
     (each output channel is normalised on its own), a linear layer before LayerNorm only as a whole (the
@@ -222,14 +231,14 @@ def _norm_growth(make_optimizer, steps: int = 100) -> float:
     teacher = torch.randn(8, 16, generator=gen, dtype=torch.float64)
     teacher = teacher / teacher.norm(dim=1, keepdim=True)
     w = torch.randn(8, 16, generator=gen, dtype=torch.float64).requires_grad_()
-    start = float(w.norm())
+    start = float(w.detach().norm())
     opt = make_optimizer([w])
     for _ in range(steps):
         x = torch.randn(32, 16, generator=gen, dtype=torch.float64)
         opt.zero_grad()
         F.mse_loss(x @ (w / w.norm(dim=1, keepdim=True)).T, x @ teacher.T).backward()
         opt.step()
-    return float(w.norm()) / start
+    return float(w.detach().norm()) / start
 
 
 def test_adamp_slows_the_norm_growth_of_scale_invariant_weights():
@@ -238,7 +247,7 @@ def test_adamp_slows_the_norm_growth_of_scale_invariant_weights():
     adam = _norm_growth(lambda params: torch.optim.Adam(params, lr=0.05))
     ours = _norm_growth(lambda params: gw.AdamP(params, lr=0.05))
     assert adam - 1 > 0.1, adam
-    assert 1 <= ours and ours - 1 < 0.5 * (adam - 1), (ours, adam)
+    assert 1 <= ours and ours - 1 < 0.25 * (adam - 1), (ours, adam)  # measured: 1.022 vs 1.229
 
 
 @pytest.mark.parametrize(
@@ -260,7 +269,7 @@ def test_converges_on_a_small_network(make_optimizer):
         opt.zero_grad()
         loss().backward()
         opt.step()
-    assert float(loss()) < 0.2 * first, (float(loss()), first)
+    assert float(loss()) < 1e-2 * first, (float(loss()), first)  # measured: below 1e-5 * first
 
 
 # -- bad input ---------------------------------------------------------------------------------------------
