@@ -1,0 +1,31 @@
+"""Diffusion sampling as a gradient method: samplers, noise schedules, model adapters and an exact test bed.
+
+`gradwise.sampling.diffusion.sample` is the entry point; see its module docstring for the contract.
+"""
+
+from . import adapters, diffusion, schedules, testbed
+from .adapters import prediction_denoiser, sigma_to_timestep, vp_discrete_denoiser
+from .diffusion import DenoiserError, SampleResult, methods, sample
+from .schedules import (
+    ddpm_alphas_cumprod,
+    karras_sigmas,
+    log_snr_sigmas,
+    uniform_sigmas,
+    vp_sigmas,
+    vp_timesteps,
+)
+from .testbed import (
+    GaussianMixture,
+    SampleQuality,
+    easy_mixture,
+    high_dim_mixture,
+    ill_conditioned_mixture,
+    sliced_wasserstein,
+)
+
+__all__ = [
+    "DenoiserError", "GaussianMixture", "SampleQuality", "SampleResult", "adapters", "ddpm_alphas_cumprod",
+    "diffusion", "easy_mixture", "high_dim_mixture", "ill_conditioned_mixture", "karras_sigmas",
+    "log_snr_sigmas", "methods", "prediction_denoiser", "sample", "schedules", "sigma_to_timestep",
+    "sliced_wasserstein", "testbed", "uniform_sigmas", "vp_discrete_denoiser", "vp_sigmas", "vp_timesteps",
+]
