@@ -48,13 +48,13 @@ class AdamP(ChainOptimizer):
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  d = m / (sqrt(v / (1 - b2^t)) + eps)
       (nesterov=True: d = (b1 m + (1 - b1) g) / (sqrt(v / (1 - b2^t)) + eps));
-    for p of 2 or more dimensions, if max_i |cos(g_i, p_i)| < delta / sqrt(dim) over the channel-wise view
-      (rows p_i = p[i]), else over the layer-wise view (p as one row): d <- d - p_n <p_n, d> in that view
-      (p_n = p / (||p|| + eps) per row), and r = wd_ratio; otherwise r = 1;
+    for p of 2 or more dimensions, if max_i |cos(g_i, p_i)| < delta / sqrt(n) over the channel-wise view
+      (rows p_i = p[i] of length n), else over the layer-wise view (p as one row, n = p.numel()):
+      d <- d - p_n <p_n, d> in that view (p_n = p / (||p|| + eps) per row) and r = wd_ratio; else r = 1;
     p <- p (1 - lr weight_decay r);  p <- p - lr / (1 - b1^t) d.
 
     Defaults: the authors' package adamp 0.3.0 (lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-    delta=0.1, wd_ratio=0.1, nesterov=False); delta=0.1 and wd_ratio=0.1 are also the paper's values.
+    delta=0.1, wd_ratio=0.1, nesterov=False).
     This class reproduces that package's trajectory (tests/optim/test_adamp.py).
     Heo, Chun, Oh, Han, Yun, Kim, Uh, Ha, "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
     Scale-invariant Weights", ICLR 2021, arXiv:2006.08217.
@@ -71,6 +71,7 @@ class AdamP(ChainOptimizer):
             first_moment(beta1),
             second_moment(beta2),
             _adam_direction(beta1, beta2, h.eps, h.nesterov),
+            # projection and decay are one transform: the decay rate depends on the projection's verdict
             radial_projection(h.delta, h.wd_ratio, h.eps, decay=h.lr * h.weight_decay),
             _bias_corrected_step(h.lr, beta1),
         )
