@@ -5,7 +5,7 @@
 
 from . import adapters, diffusion, schedules, testbed
 from .adapters import prediction_denoiser, sigma_to_timestep, vp_discrete_denoiser
-from .diffusion import DenoiserError, SampleResult, methods, sample
+from .diffusion import DenoiserError, SampleResult, methods, sample, steps_for_nfe
 from .schedules import (
     ddpm_alphas_cumprod,
     karras_sigmas,
@@ -27,5 +27,6 @@ __all__ = [
     "DenoiserError", "GaussianMixture", "SampleQuality", "SampleResult", "adapters", "ddpm_alphas_cumprod",
     "diffusion", "easy_mixture", "high_dim_mixture", "ill_conditioned_mixture", "karras_sigmas",
     "log_snr_sigmas", "methods", "prediction_denoiser", "sample", "schedules", "sigma_to_timestep",
-    "sliced_wasserstein", "testbed", "uniform_sigmas", "vp_discrete_denoiser", "vp_sigmas", "vp_timesteps",
+    "sliced_wasserstein", "steps_for_nfe", "testbed", "uniform_sigmas", "vp_discrete_denoiser", "vp_sigmas",
+    "vp_timesteps",
 ]

@@ -164,6 +164,31 @@ def sample(denoiser: Denoiser, x: torch.Tensor, sigmas: Sequence[float] | torch.
                         trajectory=run.trajectory)
 
 
+def steps_for_nfe(method: str, nfe: int, **options) -> int:
+    """The largest number of steps (len(sigmas) - 1, schedule ending at 0) for which `method` with `options`
+    uses at most `nfe` denoiser evaluations; for comparing methods at equal cost. Not defined for
+    "adaptive", whose cost follows from its tolerances."""
+    _check_int("nfe", nfe, 1)
+    if method not in _METHODS:
+        raise ValueError(f"method={method!r} is not one of {methods()}")
+    if method == "adaptive":
+        raise ValueError("method='adaptive' chooses its own steps: set atol/rtol instead of a step count")
+    if method == "heun":
+        steps = (nfe + 1) // 2
+    elif method == "plms":
+        steps = nfe - 1
+    elif method == "restart":
+        steps = (nfe + 1 - 2 * options.get("restart_repeats", 2) * options.get("restart_steps", 3)) // 2
+    elif method == "langevin":
+        per_level = options.get("corrector_steps", 1) + (1 if options.get("predictor") else 0)
+        steps = nfe // per_level if options.get("predictor") else (nfe - 1) // per_level
+    else:
+        steps = nfe
+    if steps < 1:
+        raise ValueError(f"nfe={nfe} is too small for method={method!r} with {options}")
+    return steps
+
+
 # ----------------------------------------------------------------------------------------------------------
 # option checks
 _Unit = Interval(0.0, 1.0)
