@@ -298,3 +298,59 @@ def test_mixture_denoiser_is_the_posterior_mean():
     # the noised density integrates the same way: log p_sigma vs a Monte-Carlo estimate
     mc_p = torch.logsumexp(logw, 0) - math.log(x0.shape[0]) - math.log(2 * math.pi * sigma ** 2)
     assert abs(float(mixture.log_prob(point, sigma)) - float(mc_p)) < 5e-3
+
+
+# ---------------------------------------------------------------------------------------------- test-bed metrics
+def test_metrics_separate_exact_from_wrong_samples():
+    from gradwise.sampling import ill_conditioned_mixture, sliced_wasserstein
+
+    mixture = ill_conditioned_mixture(4)
+    exact = mixture.sample(4000, torch.Generator().manual_seed(0))
+    good = mixture.evaluate(exact, seed=1)
+    assert good.weight_error < 0.03 and good.mean_error < 0.1 and good.outlier_rate < 0.02
+    assert sliced_wasserstein(exact, exact) == 0.0
+    # a sampler that under-disperses the wide mode and over-weights the narrow one
+    bad_samples = exact.clone()
+    labels = mixture.assign(exact)
+    bad_samples[labels == 1] = mixture.means[1] + 0.5 * (exact[labels == 1] - mixture.means[1])
+    bad = mixture.evaluate(torch.cat([bad_samples, exact[labels == 0]]), seed=1)
+    assert bad.weight_error > 0.05 and bad.cov_error > 0.2 and bad.sliced_wasserstein > good.sliced_wasserstein
+    diverged = mixture.evaluate(exact + 0.3 * torch.randn(exact.shape, generator=torch.Generator().manual_seed(2),
+                                                          dtype=torch.float64), seed=1)
+    assert diverged.outlier_rate > 0.3
+
+
+def test_steps_for_nfe_fits_the_budget():
+    from gradwise.sampling import steps_for_nfe
+
+    mixture, _, x = _problem()
+    for method in ALL:
+        if method == "adaptive":
+            with pytest.raises(ValueError, match="adaptive"):
+                steps_for_nfe(method, 50)
+            continue
+        for budget in (20, 37):
+            options = {"predictor": "euler_maruyama"} if method == "langevin" else {}
+            steps = steps_for_nfe(method, budget, **options)
+            nfe = sample(mixture, x, karras_sigmas(steps), method=method, generator=torch.Generator().manual_seed(0),
+                         **options).nfe
+            assert budget - 2 * (2 if method == "restart" else 1) < nfe <= budget, (method, budget, nfe)
+
+
+def test_compiled_denoiser_is_traced_once_for_a_whole_run():
+    """sigma reaches the denoiser as a 0-d tensor, so torch.compile does not specialise on its value."""
+    mixture, sigmas, x = _problem(n=12)
+    compiles = []
+
+    def counting_backend(graph_module, example_inputs):
+        compiles.append(1)
+        return graph_module.forward
+
+    mixture(x, sigmas[0])   # fill the test bed's parameter cache, which dynamo would otherwise guard on
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda z, s: mixture.denoise(z, s), backend=counting_backend, fullgraph=True)
+    for method in ("heun", "dpmpp_2m"):
+        out = sample(compiled, x, sigmas, method=method).sample
+        torch.testing.assert_close(out, sample(mixture, x, sigmas, method=method).sample, rtol=1e-12, atol=1e-12)
+    assert len(compiles) == 1
+    torch._dynamo.reset()

@@ -134,21 +134,26 @@ class GaussianMixture:
         gen = torch.Generator().manual_seed(seed)
         if reference is None:
             reference = self.sample(x.shape[0], generator=gen)
-        sw = sliced_wasserstein(x, reference.reshape(-1, self.dim).to(torch.float64), n_projections, gen)
+        reference = reference.reshape(-1, self.dim).to(torch.float64)
+        sw = sliced_wasserstein(x, reference, n_projections, gen)
+        threshold = torch.quantile(-self.log_prob(reference), 0.99)
+        outliers = float((-self.log_prob(x) > threshold).to(torch.float64).mean())
         return SampleQuality(weight_error=float((weights - self.weights).abs().max()), mean_error=mean_err,
-                             cov_error=cov_err, sliced_wasserstein=sw, weights=weights)
+                             cov_error=cov_err, sliced_wasserstein=sw, outlier_rate=outliers, weights=weights)
 
 
 @dataclass(frozen=True)
 class SampleQuality:
     """weight_error: max_k |fraction of samples assigned to mode k - w_k|; mean_error: max over modes and
     coordinates of |sample mean - mu_k|; cov_error: the same for covariances; sliced_wasserstein: SW_2 to
-    exact samples; weights: the fractions themselves."""
+    exact samples; outlier_rate: fraction of samples less likely under p_0 than 99% of exact samples (0.01
+    for a perfect sampler; divergence artifacts push it up); weights: the fractions themselves."""
 
     weight_error: float
     mean_error: float
     cov_error: float
     sliced_wasserstein: float
+    outlier_rate: float
     weights: torch.Tensor
 
 
