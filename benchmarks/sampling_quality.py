@@ -34,7 +34,7 @@ METHODS = {   # label: (method, options)
     "dpmpp_2m": ("dpmpp_2m", {}), "dpmpp_2m_sde": ("dpmpp_2m_sde", {}), "plms": ("plms", {}),
     "euler_maruyama": ("euler_maruyama", {}),
     "langevin_pc": ("langevin", {"predictor": "euler_maruyama"}),
-    "langevin_x4": ("langevin", {"corrector_steps": 4, "snr": 0.3}),
+    "langevin_x2": ("langevin", {"corrector_steps": 2}),
     "hb_dpmpp_0.8": ("hb", {"base": "dpmpp_2m", "beta": 0.8}),
     "hb_plms4_0.8": ("hb", {"base": "plms", "order": 4, "beta": 0.8}),
     "ghvb_1.8": ("ghvb", {"order": 2, "beta": 0.8}), "ghvb_3.5": ("ghvb", {"order": 4, "beta": 0.5}),

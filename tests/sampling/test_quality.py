@@ -10,7 +10,10 @@ from gradwise.sampling import easy_mixture, karras_sigmas, sample, steps_for_nfe
 DETERMINISTIC = {"euler": 0.1, "heun": 0.05, "ddim": 0.1, "dpmpp_2m": 0.05, "plms": 0.05, "hb": 0.05, "ghvb": 0.05}
 STOCHASTIC = {"ddim_eta1": ("ddim", {"eta": 1.0}), "dpmpp_2m_sde": ("dpmpp_2m_sde", {}),
               "euler_maruyama": ("euler_maruyama", {}), "restart": ("restart", {}),
-              "langevin_pc": ("langevin", {"predictor": "euler_maruyama"})}
+              "langevin_pc": ("langevin", {"predictor": "euler_maruyama"}),
+              "langevin": ("langevin", {"corrector_steps": 2})}
+# pure annealed Langevin mixes slowly at these budgets (Song & Ermon ran 1000 steps): a looser final bound
+FINAL_BOUND = {"langevin": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_stochastic_distribution_error_falls_with_nfe(bed, name):
         quality = mixture.evaluate(_run(mixture, x, method, nfe, **options))
         errors.append(quality.mean_error + quality.cov_error)
     assert all(b < a for a, b in zip(errors, errors[1:], strict=False)), errors
-    assert errors[-1] < 0.15, errors
+    assert errors[-1] < FINAL_BOUND.get(name, 0.15), errors
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
