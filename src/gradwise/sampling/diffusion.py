@@ -18,7 +18,10 @@ Contract
   calls, each on the whole batch), `.sigmas` (the noise levels the returned trajectory sits at) and
   `.trajectory` (a list of states, `None` unless `return_trajectory=True`).
 * Every stochastic method draws its noise with `torch.randn(..., generator=generator)` in a fixed order,
-  so a seeded generator makes the result reproducible.
+  so a seeded generator makes the result reproducible; the generator must live on x's device (CUDA
+  samples need a CUDA generator). Noise is drawn in the state dtype, so float32 and float64 runs with the
+  same seed see different noise.
+* Sampling runs under `torch.no_grad()`; x itself is never modified.
 
 Methods: "euler", "heun", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "plms", "euler_maruyama", "langevin", "hb",
 "ghvb", "adaptive", "restart"; `methods()` lists them and each function's docstring states its update.
