@@ -354,3 +354,11 @@ def test_compiled_denoiser_is_traced_once_for_a_whole_run():
         torch.testing.assert_close(out, sample(mixture, x, sigmas, method=method).sample, rtol=1e-12, atol=1e-12)
     assert len(compiles) == 1
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_input_is_left_untouched(method):
+    mixture, sigmas, x = _problem()
+    before = x.clone()
+    sample(mixture, x, sigmas, method=method, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, before)
