@@ -40,11 +40,14 @@ def _entry(worker: Callable, rank: int, world: int, port: int, pg_timeout: float
         )
         value = worker(rank, world, *args)
         torch.save(("ok", value), Path(out) / f"{rank}.pt")
-        dist.barrier()
-        dist.destroy_process_group()
     except BaseException:  # reported to the parent, which raises it
         torch.save(("error", traceback.format_exc()), Path(out) / f"{rank}.pt")
-    os._exit(0)
+        os._exit(1)
+    try:  # leave together; a group broken on purpose (failure tests) is simply abandoned
+        dist.barrier()
+        dist.destroy_process_group()
+    finally:
+        os._exit(0)
 
 
 def run(
