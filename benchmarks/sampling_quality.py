@@ -44,7 +44,7 @@ METHODS = {   # label: (method, options)
 TOLERANCES = [(0.2, 0.05), (0.1, 0.02), (0.05, 0.0078), (0.02, 0.004), (0.01, 0.002)]   # (rtol, atol)
 
 
-def mixtures(quick: bool):
+def mixtures() -> dict:
     return {"easy": easy_mixture(2), "ill": ill_conditioned_mixture(4), "highdim": high_dim_mixture(64)}
 
 
@@ -66,6 +66,41 @@ def fmt(q) -> str:
     return " ".join(cells)
 
 
+def benchmark(mixture_names, labels, budgets, samples, tolerances=TOLERANCES, echo=print) -> dict:
+    """Run every method label at every NFE budget on each mixture, echoing table lines; returns
+    {mixture: {label: [(nfe, SampleQuality), ...]}}."""
+    beds = mixtures()
+    header = f"{'method':16s} {'NFE':>5s} {'SW':>8s} {'w':>8s} {'mu':>8s} {'cov':>8s} {'out':>8s}"
+    results: dict = {}
+    for name in mixture_names:
+        mixture = beds[name]
+        rows = results.setdefault(name, {})
+        x = 80.0 * torch.randn(samples, mixture.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        echo(f"\n== {name}: {mixture.num_modes} modes in {mixture.dim}-D, {samples} samples ==")
+        echo(header)
+        exact = mixture.sample(samples, torch.Generator().manual_seed(7))
+        echo(f"{'exact samples':16s} {'-':>5s} {fmt(mixture.evaluate(exact))}   "
+             f"(SW floor, mean of 3 draws: {mixture.sliced_wasserstein_floor(samples):.3f})")
+        t0 = time.perf_counter()
+        for label in labels:
+            if label == "adaptive":
+                for tol in tolerances:
+                    nfe, q = run(mixture, x, label, tol=tol)
+                    rows.setdefault("adaptive", []).append((nfe, q))
+                    echo(f"{f'adaptive r{tol[0]:g}':16s} {nfe:5d} {fmt(q)}")
+                continue
+            extra = [200, 500] if label == "euler_maruyama" and "adaptive" in labels else []
+            for budget in list(budgets) + extra:
+                try:
+                    nfe, q = run(mixture, x, label, nfe=budget)
+                except ValueError:       # budget below the method's minimum cost
+                    continue
+                rows.setdefault(label, []).append((nfe, q))
+                echo(f"{label:16s} {nfe:5d} {fmt(q)}")
+        echo(f"({time.perf_counter() - t0:.1f} s)")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=4000)
@@ -78,50 +113,25 @@ def main() -> None:
     if args.quick:
         args.samples, args.nfe = 1000, [5, 10, 20, 50]
     torch.set_num_threads(args.threads)
-    beds = mixtures(args.quick)
-    header = f"{'method':16s} {'NFE':>5s} {'SW':>8s} {'w':>8s} {'mu':>8s} {'cov':>8s} {'out':>8s}"
-    claims = {}
-    for name in args.mixtures:
-        mixture = beds[name]
-        x = 80.0 * torch.randn(args.samples, mixture.dim, generator=torch.Generator().manual_seed(1),
-                               dtype=torch.float64)
-        print(f"\n== {name}: {mixture.num_modes} modes in {mixture.dim}-D, {args.samples} samples ==")
-        print(header)
-        exact = mixture.sample(args.samples, torch.Generator().manual_seed(7))
-        print(f"{'exact samples':16s} {'-':>5s} {fmt(mixture.evaluate(exact))}   "
-              f"(SW floor, mean of 3 draws: {mixture.sliced_wasserstein_floor(args.samples):.3f})")
-        t0 = time.perf_counter()
-        for label in args.methods:
-            if label == "adaptive":
-                for tol in TOLERANCES:
-                    nfe, q = run(mixture, x, label, tol=tol)
-                    claims.setdefault(name, {}).setdefault("adaptive", []).append((nfe, q))
-                    print(f"{f'adaptive r{tol[0]:g}':16s} {nfe:5d} {fmt(q)}")
-                continue
-            extra = [200, 500] if label == "euler_maruyama" and "adaptive" in args.methods else []
-            for budget in args.nfe + extra:
-                try:
-                    nfe, q = run(mixture, x, label, nfe=budget)
-                except ValueError:       # budget below the method's minimum cost
-                    continue
-                claims.setdefault(name, {}).setdefault(label, []).append((nfe, q))
-                print(f"{label:16s} {nfe:5d} {fmt(q)}")
-        print(f"({time.perf_counter() - t0:.1f} s)")
-    report_claims(claims)
-
-
-def report_claims(claims) -> None:
+    results = benchmark(args.mixtures, args.methods, args.nfe, args.samples)
     print("\n== claims ==")
-    for name, rows in claims.items():
+    for line in report_claims(results):
+        print(line)
+
+
+def report_claims(results) -> list[str]:
+    """The seed papers' claims, checked on the benchmark's results, one line each ending in yes/no."""
+    lines = []
+    for name, rows in results.items():
         # 1. momentum reduces the divergence of high-order solvers at low NFE (Wizadwongsa et al. 2023)
         for base, damped in (("plms", "hb_plms4_0.8"), ("plms", "ghvb_3.5"), ("dpmpp_2m", "hb_dpmpp_0.8")):
             if base in rows and damped in rows:
                 low = [(a, b) for a, b in zip(rows[base], rows[damped], strict=False) if a[0] <= 10]
                 for (n0, q0), (n1, q1) in low:
                     verdict = "yes" if q1.outlier_rate <= q0.outlier_rate else "no"
-                    print(f"{name:8s} momentum damps divergence, {base} vs {damped} at NFE {n0}/{n1}: outliers "
-                          f"{q0.outlier_rate:.3f} -> {q1.outlier_rate:.3f}, SW {q0.sliced_wasserstein:.3f} -> "
-                          f"{q1.sliced_wasserstein:.3f}: {verdict}")
+                    lines.append(f"{name:8s} momentum damps divergence, {base} vs {damped} at NFE {n0}/{n1}: "
+                                 f"outliers {q0.outlier_rate:.3f} -> {q1.outlier_rate:.3f}, "
+                                 f"SW {q0.sliced_wasserstein:.3f} -> {q1.sliced_wasserstein:.3f}: {verdict}")
         # 2. the adaptive solver reaches a target quality with fewer NFE than fixed-step Euler-Maruyama
         #    (target: the SW of the loosest tolerance, plus 10%; Euler-Maruyama also runs at 200 and 500 NFE)
         if "adaptive" in rows and "euler_maruyama" in rows:
@@ -129,8 +139,9 @@ def report_claims(claims) -> None:
             target = 1.1 * ad_q.sliced_wasserstein
             em = min((n for n, q in rows["euler_maruyama"] if q.sliced_wasserstein <= target), default=None)
             verdict = "yes" if em is None or ad_nfe < em else "no"
-            print(f"{name:8s} adaptive reaches SW <= {target:.3f} with NFE {ad_nfe}; Euler-Maruyama needs NFE "
-                  f"{em if em is not None else '> 500'}: {verdict}")
+            lines.append(f"{name:8s} adaptive reaches SW <= {target:.3f} with NFE {ad_nfe}; Euler-Maruyama "
+                         f"needs NFE {em if em is not None else '> 500'}: {verdict}")
+    return lines
 
 
 if __name__ == "__main__":
