@@ -14,8 +14,8 @@ STEPS, WORLD, FREEZE = 50, 2, 10
 HYPER = dict(lr=5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 
 
-def train(rank: int, freeze_step: int) -> tuple[torch.Tensor, list[int]]:
-    x, y = H.data(WORLD)
+def train(rank: int, freeze_step: int, world: int = WORLD) -> tuple[torch.Tensor, list[int]]:
+    x, y = H.data(world)
     net = H.model()
     opt = OneBitAdam(net.parameters(), freeze_step=freeze_step, **HYPER)
     trajectory, sent = [], []
@@ -42,36 +42,36 @@ def compress(x: torch.Tensor) -> torch.Tensor:
     return x.norm() / math.sqrt(x.numel()) * torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-def reference(freeze_step: int) -> list[torch.Tensor]:
-    """Tang et al. 2021, Algorithm 1 (no bias correction, as DeepSpeed), the server split in 2 chunks."""
+def reference(freeze_step: int, world: int = WORLD) -> list[torch.Tensor]:
+    """Tang et al. 2021, Algorithm 1 (no bias correction, as DeepSpeed), the server split in `world` chunks."""
     lr, (b1, b2), eps, wd = HYPER["lr"], HYPER["betas"], HYPER["eps"], HYPER["weight_decay"]
-    x, y = H.data(WORLD)
+    x, y = H.data(world)
     net = H.model()
     params = list(net.parameters())
     sizes = [p.numel() for p in params]
     n = sum(sizes)
-    chunk = 8 * math.ceil(n / (8 * WORLD))
+    chunk = 8 * math.ceil(n / (8 * world))
     m, v = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-    worker_error = [torch.zeros(n, dtype=torch.float64) for _ in range(WORLD)]
-    server_error = [torch.zeros(chunk, dtype=torch.float64) for _ in range(WORLD)]
+    worker_error = [torch.zeros(n, dtype=torch.float64) for _ in range(world)]
+    server_error = [torch.zeros(chunk, dtype=torch.float64) for _ in range(world)]
     trajectory = []
     for t in range(STEPS):
         grads = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(H.loss_of(net, x, y, r, t), params)])
-                 for r in range(WORLD)]
+                 for r in range(world)]
         if t + 1 <= freeze_step:
-            g = sum(grads) / WORLD
+            g = sum(grads) / world
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
         else:
             sent = []
-            for r in range(WORLD):
+            for r in range(world):
                 c = b1 * m + (1 - b1) * grads[r] + worker_error[r]
                 q = torch.cat([compress(part) for part in c.split(sizes)])
                 worker_error[r] = c - q
-                sent.append(torch.cat([q, torch.zeros(chunk * WORLD - n, dtype=q.dtype)]))
-            average = sum(sent) / WORLD
+                sent.append(torch.cat([q, torch.zeros(chunk * world - n, dtype=q.dtype)]))
+            average = sum(sent) / world
             pieces = []
-            for s in range(WORLD):
+            for s in range(world):
                 a = average[s * chunk:(s + 1) * chunk] + server_error[s]
                 valid = max(0, min(n - s * chunk, chunk))
                 q = compress(a[:valid])
@@ -110,6 +110,19 @@ def test_replicas_identical_bytes_and_loss(runs):
     assert max(per_step[FREEZE:]) * 4 <= 4 * n, (max(per_step[FREEZE:]), 4 * n)
     initial, final = H.full_loss(H.flat(H.model())), H.full_loss(runs[0]["onebit"][0][-1])
     assert final < 0.8 * initial, (initial, final)
+
+
+def four_ranks(rank: int, world: int) -> torch.Tensor:
+    return train(rank, freeze_step=FREEZE, world=world)[0]
+
+
+def test_four_ranks_follow_the_paper_and_stay_identical():
+    """Four servers: chunks of 8 * ceil(n / 32) elements, the last one padded."""
+    runs = H.run(four_ranks, world=4)
+    want = reference(freeze_step=FREEZE, world=4)
+    H.assert_trajectories_close(list(runs[0]), want)
+    for rank in range(1, 4):
+        assert torch.equal(runs[rank], runs[0])
 
 
 @pytest.mark.parametrize("kwargs, name", [
