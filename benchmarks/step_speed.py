@@ -9,11 +9,13 @@ meaningful on a shared machine.
 The floor is the time a step needs just to move its bytes: every parameter, gradient and state tensor read
 once and every parameter and state tensor written once, (3 + 2 k) * numel * itemsize for k state tensors
 per parameter, divided by the bandwidth of a triad c = a + s * b measured in the same run on arrays larger
-than the caches. Optimizers that need a reduction over a whole tensor before they can update it (AdamP's
-cosine test, Adan's gradient clipping) must read some tensors twice, so their true floor is higher.
+than the caches (in place, c = a, for the reason given in `triad_bandwidth`). Optimizers that need a
+reduction over a whole tensor before they can update it (AdamP's cosine test, Adan's gradient clipping)
+must read some tensors twice, so their true floor is higher. Contended machines: use --threads 1 and
+--stat min (with 2 OpenMP threads on 2 busy cores one step can take 100x longer).
 
 Run:  .venv/bin/python benchmarks/step_speed.py [--quick] [--shapes 100x100k,1000x1k,transformer]
-                                                [--optimizers adamw,adan] [--threads 2]
+                                                [--optimizers adamw,adan] [--threads 2] [--stat min]
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ def peer_version() -> str:
         return "not installed"
 
 
+STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+
+
 # -- machine -----------------------------------------------------------------------------------------------
 def cpu_model() -> str:
     try:
@@ -113,17 +118,26 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def triad_bandwidth(elements: int = 32_000_000, repeats: int = 10, stat: str = "median") -> float:
-    """Bytes per second of c = a + s * b on float32 arrays (3 arrays counted, the STREAM convention)."""
+def triad_bandwidth(elements: int = 32_000_000, repeats: int = 10, stat: str = "median") -> tuple[float, float]:
+    """Bytes per second of the triad c = a + s * b on float32 arrays: (in place, c is a; into a third array).
+
+    Both count 3 arrays of traffic. The in-place form moves what it counts (a read, b read, a written back),
+    as an optimizer's in-place update does; writing into a third array also reads c into the cache before
+    overwriting it (write-allocate), so counting 3 arrays understates the bandwidth by about a quarter and
+    a fused optimizer step would beat a floor built on it. The floor uses the in-place figure.
+    """
     a, b, c = torch.rand(elements), torch.rand(elements), torch.empty(elements)
-    for _ in range(2):
-        torch.add(a, b, alpha=3.0, out=c)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.add(a, b, alpha=3.0, out=c)
-        times.append(time.perf_counter() - t0)
-    return 3 * elements * a.element_size() / STATS[stat](times)
+    results = []
+    for fn in (lambda: a.add_(b, alpha=1e-9), lambda: torch.add(a, b, alpha=3.0, out=c)):
+        fn()
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        results.append(3 * elements * a.element_size() / STATS[stat](times))
+    return results[0], results[1]
 
 
 # -- timing ------------------------------------------------------------------------------------------------
@@ -147,9 +161,6 @@ def state_tensors_per_param(opt: torch.optim.Optimizer, params: list[torch.Tenso
 def floor_bytes(params: list[torch.Tensor], state_tensors: int) -> int:
     """Bytes one step must move: read p, g and each state tensor; write p and each state tensor."""
     return sum(p.numel() * p.element_size() for p in params) * (3 + 2 * state_tensors)
-
-
-STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 
 
 def time_round_robin(steps: dict[str, Callable[[], object]], repeats: int, warmup: int,
@@ -195,8 +206,9 @@ class Report:
     torch_version: str
     cpu: str
     peer_version: str
-    bandwidth: float  # bytes per second
+    bandwidth: float  # bytes per second, in-place triad a = a + s * b (the floor's)
     rows: list[Row]
+    bandwidth_three_arrays: float = 0.0  # c = a + s * b into a third array
     stat: str = "median"
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after
 
@@ -214,7 +226,7 @@ def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None =
     torch.set_num_threads(threads)
     names = list(optimizers) if optimizers else optimizer_names()
     load_before = os.getloadavg()[0]
-    bandwidth = triad_bandwidth(triad_elements, stat=stat)
+    bandwidth, bandwidth_three = triad_bandwidth(triad_elements, stat=stat)
     rows = []
     for shape_name, shape_list in shapes.items():
         for name in names:
@@ -242,7 +254,7 @@ def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None =
             if log:
                 log(format_row(row))
             del contenders, params
-    return Report(threads, torch.__version__, cpu_model(), peer_version(), bandwidth, rows, stat,
+    return Report(threads, torch.__version__, cpu_model(), peer_version(), bandwidth, rows, bandwidth_three, stat,
                   (load_before, os.getloadavg()[0]))
 
 
@@ -266,8 +278,9 @@ def format_header(report: Report) -> str:
         f"torch {report.torch_version}, threads {report.threads}, CPU {report.cpu}, {os.cpu_count()} cores;"
         f" load average {report.load[0]:.1f} before, {report.load[1]:.1f} after",
         f"times: {report.stat} of the timed steps",
-        f"pytorch-optimizer {report.peer_version}; triad bandwidth {report.bandwidth / 1e9:.1f} GB/s (float32,"
-        " 3 arrays counted)",
+        f"pytorch-optimizer {report.peer_version}; triad bandwidth (float32, 3 arrays counted):"
+        f" a = a + s*b {report.bandwidth / 1e9:.1f} GB/s (used for the floor),"
+        f" c = a + s*b {report.bandwidth_three_arrays / 1e9:.1f} GB/s",
         "k: parameter-sized state tensors; floor = (3 + 2k) * bytes(params) / triad bandwidth;"
         " x peer < 1 means gradwise is faster",
     ])
