@@ -213,9 +213,10 @@ def test_annealed_langevin_with_song_ermon_step_size():
 
 
 # ---------------------------------------------------------------------------------------------------- adaptive
-def _ggf_reference(mixture, sigma_max, sigma_min, x, generator, atol, rtol, h=0.01, r=0.9, theta=0.9):
+def _ggf_reference(mixture, sigma_max, sigma_min, x, generator, atol, rtol, per_sample, h=0.01, r=0.9, theta=0.9):
     """Jolicoeur-Martineau et al. 2021, Algorithm 1, for the VE SDE sigma(t) = sigma_min (sigma_max /
-    sigma_min)^t, written per sample with a Python loop over attempts; returns (denoised sample, calls)."""
+    sigma_min)^t, with a Python loop over attempts, per sample or with the batch as one sample; returns
+    (denoised sample, calls)."""
     c = math.log(sigma_max / sigma_min)
     sig = lambda t: sigma_min * torch.exp(c * t)  # noqa: E731
     batch = x.shape[0]
@@ -233,6 +234,8 @@ def _ggf_reference(mixture, sigma_max, sigma_min, x, generator, atol, rtol, h=0.
         x2 = 0.5 * (x1 + x_tilde)
         delta = torch.clamp(rtol * torch.maximum(x1.abs(), x_prev.abs()), min=atol)
         err = ((x1 - x2) / delta).pow(2).mean(1, keepdim=True).sqrt()
+        if not per_sample:
+            err = ((x1 - x2) / delta).pow(2).mean().sqrt().expand_as(t)
         ok = (err <= 1) & (t > 0)
         x, x_prev = torch.where(ok, x2, x), torch.where(ok, x1, x_prev)
         t = torch.where(ok, (t - h).clamp_min(0), t)
@@ -240,13 +243,14 @@ def _ggf_reference(mixture, sigma_max, sigma_min, x, generator, atol, rtol, h=0.
     return mixture(x, sigma_min), calls + 1
 
 
+@pytest.mark.parametrize("per_sample", [True, False])
 @pytest.mark.parametrize("atol, rtol", [(0.0078, 0.05), (0.01, 0.01)])
-def test_adaptive_matches_gotta_go_fast_algorithm_1(atol, rtol):
+def test_adaptive_matches_gotta_go_fast_algorithm_1(atol, rtol, per_sample):
     mixture, sigmas, x = _setup()
-    ours = sample(mixture, x, sigmas, method="adaptive", atol=atol, rtol=rtol,
+    ours = sample(mixture, x, sigmas, method="adaptive", atol=atol, rtol=rtol, per_sample=per_sample,
                   generator=torch.Generator().manual_seed(11))
     ref, calls = _ggf_reference(mixture, float(sigmas[0]), float(sigmas[-2]), x, torch.Generator().manual_seed(11),
-                                atol, rtol)
+                                atol, rtol, per_sample)
     assert ours.nfe == calls
     torch.testing.assert_close(ours.sample, ref, rtol=1e-9, atol=1e-9)
 
@@ -262,6 +266,20 @@ def test_adaptive_spends_more_evaluations_for_tighter_tolerances_and_samples_hig
     assert tight.nfe > 1.5 * loose.nfe
     quality = mixture.evaluate(tight.sample)
     assert quality.weight_error < 0.06 and quality.mean_error < 0.3
+
+
+def test_adaptive_pooled_error_control_keeps_low_dimensional_laws_unbiased():
+    """Per-sample control in 2-D selects noise draws (documented caveat); pooling over the batch does not."""
+    from gradwise.sampling import GaussianMixture
+
+    gaussian = GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None])
+    x = 80.0 * torch.randn(2000, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    variances = {}
+    for per_sample in (False, True):
+        out = sample(gaussian, x, karras_sigmas(10), method="adaptive", per_sample=per_sample,
+                     generator=torch.Generator().manual_seed(2)).sample
+        variances[per_sample] = float(out.var(0).mean())
+    assert abs(variances[False] - 1.0) < 0.1 and variances[True] > 1.5, variances
 
 
 def test_adaptive_stops_at_max_nfe_with_a_warning():
