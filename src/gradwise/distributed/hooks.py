@@ -153,6 +153,11 @@ def _finish(state: CompressionState, bucket: dist.GradBucket, payload: Tensor,
 
 def _topk_hook(state: CompressionState, bucket: dist.GradBucket) -> Future[Tensor]:
     _, world = world_of(state.process_group)
+    if bucket.buffer().numel() >= 2**31:
+        raise ValueError(
+            f"topk compression sends int32 indices: a bucket of {bucket.buffer().numel()} elements is too large; "
+            f"pass a smaller bucket_cap_mb to DistributedDataParallel (at most 2**31 - 1 elements per bucket)"
+        )
     density = state.density()
     values, indices, offset = [], [], 0
     for p, grad in zip(bucket.parameters(), bucket.gradients(), strict=True):
