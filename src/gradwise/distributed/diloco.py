@@ -120,6 +120,7 @@ class DiLoCo:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved; the model's own parameters are restored by the caller."""
         self.inner.load_state_dict(state_dict["inner"])
         self.outer.load_state_dict(state_dict["outer"])
         with torch.no_grad():
