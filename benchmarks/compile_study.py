@@ -3,7 +3,10 @@
 Outside the library on purpose: AdamW is written here as plain tensor ops, and each question is answered
 by measurement on this machine.
 
-(a) Batching. One AdamW step, lr and step passed as 0-dim tensors, run as
+(a) Batching. One AdamW step, written as `adamw_kernel`: the step's scalars (decay 1 - lr wd, step size
+    lr / (1 - b1^t), 1 / sqrt(1 - b2^t)) are computed on the host once per step and handed to the compiled
+    kernel in preallocated 0-dim tensors (`fill_`), so that no value the graph sees as a constant changes.
+    Run as
       unrolled      torch.compile over lists of tensors: the per-parameter loop unrolled into one graph
       per-param     one compiled function with dynamic shapes, called once per parameter from Python
       flat-views    parameters, gradients and state are views of four flat buffers; one call on the buffers
@@ -11,6 +14,8 @@ by measurement on this machine.
       flat-gather   state flat, but parameters and gradients are the model's own tensors: torch.cat them in,
                     run the flat kernel, copy the parameters back out (what an engine can do without owning
                     the parameters' storage)
+      flat-inkernel flat-views with lr and step as 0-dim tensors and the bias corrections (pow, sqrt)
+                    written in the graph: inductor computes them inside the element loop, per 8 elements
     next to torch.optim.AdamW(fused=True), its foreach and for-loop paths, the same plain function run
     eagerly, and the bandwidth floor (7 passes over the parameters' bytes / triad bandwidth). Step times
     are the median of round-robin steps; "compile s" is the first call, in a process whose inductor cache
@@ -22,6 +27,8 @@ by measurement on this machine.
 (c) Branches. AdaBelief's rectification (SGD step while rho_t < 5, rectified Adam step after) written with a
     Python `if` on the step and with torch.where: graphs over 50 steps and agreement with gradwise.AdaBelief.
 
+(d) The existing chain. gradwise's AdamW chain (closures over Python floats, t a float) compiled as it is:
+    graphs over 50 steps with a changing lr and agreement with the same chain run eagerly.
 Run:  .venv/bin/python benchmarks/compile_study.py [--parts a,b,c] [--threads 1] [--full]
 (--full also compiles the unrolled graph over 1000 tensors, which takes minutes.)
 """
@@ -57,19 +64,32 @@ def adamw_plain(p: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: Tensor, step: Te
     p.sub_((lr / bias1) * m / (v.sqrt() / bias2.sqrt() + EPS))
 
 
-def adamw_unrolled(ps, gs, ms, vs, lr: Tensor, step: Tensor) -> None:
+def adamw_coefficients(lr: float, step: int) -> tuple[float, float, float]:
+    """The step's scalars, computed once per group on the host: decay, step size, 1 / sqrt(bias2)."""
+    return 1 - lr * WD, lr / (1 - BETA1**step), 1 / math.sqrt(1 - BETA2**step)
+
+
+def adamw_kernel(p: Tensor, g: Tensor, m: Tensor, v: Tensor, decay: Tensor, step_size: Tensor,
+                 denom_scale: Tensor) -> None:
+    """adamw_plain with the scalar math hoisted out: only loads, FMAs, a sqrt and a division per element."""
+    p.mul_(decay)
+    m.lerp_(g, 1 - BETA1)
+    v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+    p.sub_(step_size * m / (v.sqrt() * denom_scale + EPS))
+
+
+def adamw_unrolled(ps, gs, ms, vs, decay: Tensor, step_size: Tensor, denom_scale: Tensor) -> None:
     for p, g, m, v in zip(ps, gs, ms, vs, strict=True):
-        adamw_plain(p, g, m, v, lr, step)
+        adamw_kernel(p, g, m, v, decay, step_size, denom_scale)
 
 
-def adamw_guarded(p: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: Tensor, step: Tensor) -> None:
-    """adamw_plain that leaves p, m and v untouched when g holds a NaN or infinity, without a host sync."""
+def adamw_guarded(p: Tensor, g: Tensor, m: Tensor, v: Tensor, decay: Tensor, step_size: Tensor,
+                  denom_scale: Tensor) -> None:
+    """adamw_kernel that leaves p, m and v untouched when g holds a NaN or infinity, without a host sync."""
     ok = torch.isfinite(g).all()
     new_m = m.lerp(g, 1 - BETA1)
     new_v = v * BETA2 + (1 - BETA2) * g * g
-    bias1 = 1 - BETA1**step
-    bias2 = 1 - BETA2**step
-    new_p = p * (1 - lr * WD) - (lr / bias1) * new_m / (new_v.sqrt() / bias2.sqrt() + EPS)
+    new_p = p * decay - step_size * new_m / (new_v.sqrt() * denom_scale + EPS)
     p.copy_(torch.where(ok, new_p, p))
     m.copy_(torch.where(ok, new_m, m))
     v.copy_(torch.where(ok, new_v, v))
@@ -77,12 +97,16 @@ def adamw_guarded(p: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: Tensor, step: 
 
 # -- helpers ---------------------------------------------------------------------------------------------
 def triad_bandwidth(elements: int = 32_000_000, repeats: int = 10) -> float:
-    """Bytes per second of c = a + s * b on float32 arrays larger than the caches (3 arrays counted)."""
-    a, b, c = torch.rand(elements), torch.rand(elements), torch.empty(elements)
+    """Bytes per second of the in-place triad a = a + s * b on float32 arrays larger than the caches.
+
+    In place, as an optimizer's update is: a triad into a third array also reads that array into the cache
+    before writing it, so its 3-array count understates the bandwidth (see benchmarks/step_speed.py).
+    """
+    a, b = torch.rand(elements), torch.rand(elements)
     times = []
     for _ in range(repeats + 2):
         t0 = time.perf_counter()
-        torch.add(a, b, alpha=3.0, out=c)
+        a.add_(b, alpha=1e-9)
         times.append(time.perf_counter() - t0)
     return 3 * elements * 4 / statistics.median(times[2:])
 
@@ -105,6 +129,8 @@ class Contender:
         self.name = name
         ps, gs = tensors(count, size, seed=0)
         self.lr, self.step_t = torch.tensor(1e-3), torch.tensor(0.0)
+        self.step_count = 0
+        self.scalars = [torch.tensor(0.0) for _ in range(3)]  # decay, step size, 1 / sqrt(bias2)
         self.first_call_s = 0.0
         if variant in ("fused", "foreach", "forloop"):
             for p, g in zip(ps, gs, strict=True):
@@ -113,9 +139,14 @@ class Contender:
                                          {"foreach": False})
             self.params, self.call = ps, self.opt.step
             return
-        if variant.startswith("flat"):
+        if variant.startswith("flat") and variant != "flat-gather":
             self.pf, self.params = flat_views(ps)
             self.gf, self.grads = flat_views(gs)
+            self.mf, self.vf = torch.zeros_like(self.pf), torch.zeros_like(self.pf)
+        elif variant == "flat-gather":  # the model's own tensors; flat state and two flat work buffers
+            self.params, self.grads = ps, gs
+            self.pf, self.pf_views = flat_views(ps)
+            self.gf, self.gf_views = flat_views(gs)
             self.mf, self.vf = torch.zeros_like(self.pf), torch.zeros_like(self.pf)
         else:
             self.params, self.grads = ps, gs
@@ -123,39 +154,54 @@ class Contender:
         self.call = {
             "eager-plain": self._eager, "unrolled": self._unrolled, "per-param": self._per_param,
             "flat-views": self._flat, "flat-guard": self._flat, "flat-gather": self._gather,
+            "flat-inkernel": self._flat_inkernel, "per-param-inkernel": self._per_param_inkernel,
         }[variant]
         self.fn = {
-            "eager-plain": adamw_plain,
+            "eager-plain": adamw_kernel,
             "unrolled": torch.compile(adamw_unrolled),
-            "per-param": torch.compile(adamw_plain, dynamic=True),
-            "flat-views": torch.compile(adamw_plain),
+            "per-param": torch.compile(adamw_kernel, dynamic=True),
+            "flat-views": torch.compile(adamw_kernel),
             "flat-guard": torch.compile(adamw_guarded),
-            "flat-gather": torch.compile(adamw_plain),
+            "flat-gather": torch.compile(adamw_kernel),
+            "flat-inkernel": torch.compile(adamw_plain),
+            "per-param-inkernel": torch.compile(adamw_plain, dynamic=True),
         }[variant]
 
+    def _coefficients(self) -> list[Tensor]:
+        """Once per step (per group in an engine): the host computes the scalars, 0-dim tensors carry them."""
+        self.step_count += 1
+        for slot, value in zip(self.scalars, adamw_coefficients(1e-3, self.step_count), strict=True):
+            slot.fill_(value)
+        return self.scalars
+
     def _eager(self):
-        self.step_t += 1
+        scalars = self._coefficients()
         for p, g, m, v in zip(self.params, self.grads, self.ms, self.vs, strict=True):
-            self.fn(p, g, m, v, self.lr, self.step_t)
+            self.fn(p, g, m, v, *scalars)
 
     _per_param = _eager
 
     def _unrolled(self):
-        self.step_t += 1
-        self.fn(self.params, self.grads, self.ms, self.vs, self.lr, self.step_t)
+        self.fn(self.params, self.grads, self.ms, self.vs, *self._coefficients())
 
     def _flat(self):
+        self.fn(self.pf, self.gf, self.mf, self.vf, *self._coefficients())
+
+    def _gather(self):
+        # The model owns p and p.grad: copy them into preallocated flat buffers, update those, copy p back.
+        torch._foreach_copy_(self.pf_views, self.params)
+        torch._foreach_copy_(self.gf_views, self.grads)
+        self.fn(self.pf, self.gf, self.mf, self.vf, *self._coefficients())
+        torch._foreach_copy_(self.params, self.pf_views)
+
+    def _flat_inkernel(self):  # lr and step as 0-dim tensors, pow and sqrt of the step inside the kernel
         self.step_t += 1
         self.fn(self.pf, self.gf, self.mf, self.vf, self.lr, self.step_t)
 
-    def _gather(self):
-        # Parameters and gradients stay the model's tensors here (self.params are views only for setup's
-        # sake; they are treated as separate tensors): gather, update the flat copy, scatter back.
+    def _per_param_inkernel(self):
         self.step_t += 1
-        p_flat = torch.cat([p.reshape(-1) for p in self.params])
-        g_flat = torch.cat([g.reshape(-1) for g in self.grads])
-        self.fn(p_flat, g_flat, self.mf, self.vf, self.lr, self.step_t)
-        torch._foreach_copy_(self.params, list(p_flat.split([p.numel() for p in self.params])))
+        for p, g, m, v in zip(self.params, self.grads, self.ms, self.vs, strict=True):
+            self.fn(p, g, m, v, self.lr, self.step_t)
 
 
 def time_contenders(contenders: list[Contender], repeats: int, warmup: int) -> dict[str, float]:
@@ -226,9 +272,9 @@ def run_worker(cache: str, variants: list[str], shapes: list[str], args: argpars
 def part_a(args: argparse.Namespace) -> None:
     print("\n== (a) batching: AdamW step ms and compile seconds ==")
     bandwidth = triad_bandwidth()
-    print(f"triad bandwidth {bandwidth / 1e9:.1f} GB/s; floor = 7 passes x 4 bytes x elements / bandwidth")
+    print(f"in-place triad bandwidth {bandwidth / 1e9:.1f} GB/s; floor = 7 passes x 4 bytes x elements / bandwidth")
     eager = ["fused", "foreach", "forloop", "eager-plain"]
-    compiled = ["per-param", "flat-views", "flat-guard", "flat-gather"]
+    compiled = ["per-param", "flat-views", "flat-guard", "flat-gather", "flat-inkernel"]
     unrolled_shapes = list(SHAPES) if args.full else ["100x100k"]
     with tempfile.TemporaryDirectory(prefix="gradwise-inductor-") as cache:
         runs = {}
@@ -326,6 +372,16 @@ def part_b(args: argparse.Namespace) -> None:
                        backend=args.backend)
     print(f"adamw_plain, lr and step 0-dim tensors ({args.backend} backend): {res['graphs']} graph(s), "
           f"{res['breaks']} graph breaks in 50 steps")
+    slots = [torch.tensor(0.0) for _ in range(3)]
+
+    def kernel_inputs(i: int):
+        for slot, value in zip(slots, adamw_coefficients(1e-3 * (1 - i / 100), i + 1), strict=True):
+            slot.fill_(value)
+        return (p, a, m, v, *slots)
+
+    res = count_graphs(adamw_kernel, kernel_inputs, backend=args.backend)
+    print(f"adamw_kernel, host scalars filled into 0-dim tensors ({args.backend} backend): {res['graphs']} "
+          f"graph(s), {res['breaks']} graph breaks in 50 steps")
 
     def adamw_numbers(p, g, m, v, lr: float, step: int):
         p.mul_(1 - lr * WD)
@@ -416,9 +472,50 @@ def part_c(args: argparse.Namespace) -> None:
               f"gradwise.AdaBelief after 50 steps {diff:.1e}" + (f" ({res['error']})" if res["error"] else ""))
 
 
+# -- (d) the existing chain, compiled unchanged ------------------------------------------------------------
+def part_d(args: argparse.Namespace) -> None:
+    print("\n== (d) gradwise's own AdamW chain compiled unchanged: Python float lr and t, 50 steps, inductor ==")
+    from types import SimpleNamespace
+
+    from torch._dynamo.utils import counters
+
+    import gradwise
+
+    gen = torch.Generator().manual_seed(0)
+    start, grad = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen) * 1e-2
+    opt = gradwise.AdamW([start.clone().requires_grad_()])
+    base = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+
+    def chain_step(p, g, state, t: float, h) -> None:
+        u = g
+        for transform in type(opt).chain(opt, h):
+            u = transform.update(u, p, state, t)
+
+    def fresh():
+        p = start.clone()
+        state = {}
+        for transform in type(opt).chain(opt, SimpleNamespace(**base)):
+            state.update(transform.init(p))
+        return p, state
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(chain_step)
+    (p, state), (q, ref_state) = fresh(), fresh()
+    t0 = time.perf_counter()
+    for i in range(50):
+        h = SimpleNamespace(**{**base, "lr": 1e-3 * (1 - i / 100)})
+        compiled(p, grad, state, float(i + 1), h)
+        chain_step(q, grad, ref_state, float(i + 1), h)
+    graphs = counters["stats"]["unique_graphs"]
+    diff = float((p - q).abs().max() / q.abs().max())
+    print(f"{graphs} graph(s) in 50 steps ({time.perf_counter() - t0:.0f} s); recompile limit "
+          f"{torch._dynamo.config.recompile_limit}; max rel diff to the same chain run eagerly {diff:.1e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="a,b,c")
+    parser.add_argument("--parts", default="a,b,c,d")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (workers too)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
@@ -436,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, threads {args.threads}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
-    parts = {"a": part_a, "b": part_b, "c": part_c}
+    parts = {"a": part_a, "b": part_b, "c": part_c, "d": part_d}
     for key in args.parts.split(","):
         parts[key.strip()](args)
     print(f"\nstudy took {time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.1f}")
