@@ -52,7 +52,7 @@ def test_trajectory_equals_the_authors_package_at_every_step(decoupled, rectify,
         train_step(theirs, b, x, y)
         for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
             worst = max(worst, relative_difference(p, q))
-            assert worst < 1e-4
+            assert worst < 1e-10  # measured: below 2e-15 in every combination (the brief asks < 1e-4)
     start = model(0)
     moved = [relative_difference(p, q) for p, q in zip(ours.parameters(), start.parameters(), strict=True)]
     assert min(moved) > 1e-2  # the trajectory went somewhere: the comparison is not of two idle models

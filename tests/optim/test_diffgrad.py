@@ -78,7 +78,7 @@ def test_trajectory_equals_the_papers_rule_at_every_step(weight_decay, betas, ep
         train_step(ours, a, x, y)
         train_step(theirs, b, x, y)
         for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
-            assert relative_difference(p, q) < 1e-4
+            assert relative_difference(p, q) < 1e-10  # measured: below 4e-16 (the brief asks < 1e-4)
     moved = [relative_difference(p, q) for p, q in zip(ours.parameters(), model(0).parameters(), strict=True)]
     assert min(moved) > 1e-2
 
