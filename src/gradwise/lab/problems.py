@@ -1,0 +1,303 @@
+"""The lab's problems: small, offline, deterministic given a seed.
+
+A `Problem` declares how long it trains (`steps`), how often it is evaluated (`eval_every`), the
+learning-rate range every optimizer is tuned over (`lr_range`, log-uniform), the metric the tuner
+minimises (`objective`) and the metric the target is set on (`target`, with `higher_is_better`).
+`problem.instance(seed)` builds a fresh model and data stream; the seed fixes the initialisation, the
+mini-batch order and, for the 2-D functions, a small jitter of the starting point. Data come from
+scikit-learn's bundled sets (never downloaded) and are split once, with a fixed seed, into train /
+validation / test: the tuner sees validation loss, the report shows test accuracy.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+SPLIT_SEED = 20240607  # fixes the train / validation / test split of every data set, whatever the run seed
+
+
+class Instance:
+    """One problem built for one seed: a model, the loss of step k's batch, and an evaluation."""
+
+    model: nn.Module
+
+    def train_loss(self, step: int) -> Tensor:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def point(self) -> tuple[float, float] | None:
+        """The current (x, y) of a 2-D function; None for other problems."""
+        return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A benchmark problem; see the module docstring for the fields' meaning."""
+
+    name: str
+    description: str
+    kind: str  # "function" (2-D test function) or "classification"
+    steps: int
+    eval_every: int
+    lr_range: tuple[float, float]
+    objective: str  # metric the tuner minimises (its final value)
+    target: str  # metric the time-to-target is measured on
+    higher_is_better: bool
+    build: Callable[[int], Instance] = field(repr=False, compare=False)
+
+    def instance(self, seed: int) -> Instance:
+        torch.manual_seed(seed)
+        return self.build(seed)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return ("loss",) if self.kind == "function" else ("loss", "val_loss", "test_loss", "accuracy")
+
+
+# -- 2-D test functions ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Surface:
+    """A 2-D function with its minimum, a starting point and the window its plots show."""
+
+    f: Callable[[Tensor, Tensor], Tensor]
+    start: tuple[float, float]
+    minimum: tuple[float, float]
+    window: tuple[float, float, float, float]  # x_min, x_max, y_min, y_max
+    jitter: float = 0.05
+
+
+class Point(nn.Module):
+    def __init__(self, xy: Tensor) -> None:
+        super().__init__()
+        self.xy = nn.Parameter(xy)
+
+
+class FunctionInstance(Instance):
+    def __init__(self, surface: Surface, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        start = torch.tensor(surface.start) + surface.jitter * torch.randn(2, generator=g)
+        self.surface = surface
+        self.model = Point(start)
+
+    def train_loss(self, step: int) -> Tensor:
+        x, y = self.model.xy.unbind()
+        return self.surface.f(x, y)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        x, y = self.model.xy.unbind()
+        return {"loss": float(self.surface.f(x, y))}
+
+    def point(self) -> tuple[float, float]:
+        x, y = self.model.xy.tolist()
+        return (x, y)
+
+
+def rosenbrock(x: Tensor, y: Tensor) -> Tensor:
+    """(1 - x)^2 + 100 (y - x^2)^2: a curved valley, minimum 0 at (1, 1)."""
+    return (1 - x) ** 2 + 100 * (y - x * x) ** 2
+
+
+def beale(x: Tensor, y: Tensor) -> Tensor:
+    """(1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2: flat plateaus, minimum 0 at (3, 0.5)."""
+    return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+
+
+def rastrigin(x: Tensor, y: Tensor) -> Tensor:
+    """20 + sum(z^2 - 10 cos(2 pi z)): a grid of local minima, global minimum 0 at (0, 0)."""
+    tau = 2 * math.pi
+    return 20 + x * x - 10 * torch.cos(tau * x) + y * y - 10 * torch.cos(tau * y)
+
+
+def belief_abs(x: Tensor, y: Tensor) -> Tensor:
+    """|x| + |y|: AdaBelief paper, Fig. 3 (a); gradients of constant size, minimum 0 at (0, 0)."""
+    return x.abs() + y.abs()
+
+
+def belief_skew_abs(x: Tensor, y: Tensor) -> Tensor:
+    """|x + y| + |x - y| / 10: AdaBelief paper, Fig. 3 (b); a skewed, non-smooth valley."""
+    return (x + y).abs() + (x - y).abs() / 10
+
+
+def belief_skew_quadratic(x: Tensor, y: Tensor) -> Tensor:
+    """(x + y)^2 + (x - y)^2 / 10: AdaBelief paper, Fig. 3 (c); an ill-conditioned quadratic."""
+    return (x + y) ** 2 + (x - y) ** 2 / 10
+
+
+SURFACES: dict[str, tuple[Surface, str]] = {
+    "rosenbrock": (Surface(rosenbrock, (-1.5, 2.0), (1.0, 1.0), (-2.0, 2.0, -1.0, 3.0)),
+                   "Rosenbrock's banana valley (2-D)"),
+    "beale": (Surface(beale, (-1.0, 1.5), (3.0, 0.5), (-2.0, 4.0, -1.0, 2.0)),
+              "Beale's function: plateaus and steep walls (2-D)"),
+    "rastrigin": (Surface(rastrigin, (-2.3, 2.6), (0.0, 0.0), (-3.5, 3.5, -3.5, 3.5)),
+                  "Rastrigin's function: many local minima (2-D)"),
+    "belief-abs": (Surface(belief_abs, (-1.5, 1.0), (0.0, 0.0), (-2.0, 2.0, -2.0, 2.0)),
+                   "|x| + |y| (AdaBelief paper toy function a)"),
+    "belief-skew-abs": (Surface(belief_skew_abs, (-1.5, 1.0), (0.0, 0.0), (-2.0, 2.0, -2.0, 2.0)),
+                        "|x + y| + |x - y| / 10 (AdaBelief paper toy function b)"),
+    "belief-quadratic": (Surface(belief_skew_quadratic, (-1.5, 1.0), (0.0, 0.0), (-2.0, 2.0, -2.0, 2.0)),
+                         "(x + y)^2 + (x - y)^2 / 10 (AdaBelief paper toy function c)"),
+}
+
+
+def _function_problem(name: str, steps: int = 200) -> Problem:
+    surface, description = SURFACES[name]
+    return Problem(
+        name=name, description=description, kind="function", steps=steps, eval_every=1,
+        lr_range=(1e-4, 1.0), objective="loss", target="loss", higher_is_better=False,
+        build=functools.partial(FunctionInstance, surface),
+    )
+
+
+# -- classification on scikit-learn's bundled data --------------------------------------------------
+@functools.cache
+def dataset(name: str) -> dict[str, Tensor]:
+    """A bundled scikit-learn data set split 60 / 20 / 20 with a fixed seed; features standardised."""
+    from sklearn import datasets  # imported here: scikit-learn is a lab-only dependency
+
+    loaders = {"digits": datasets.load_digits, "cancer": datasets.load_breast_cancer}
+    if name not in loaders:
+        raise ValueError(f"dataset={name!r} is not bundled: choose one of {sorted(loaders)}")
+    bunch = loaders[name]()
+    x = torch.tensor(bunch.data, dtype=torch.float32)
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    x, y = x[order], y[order]
+    n_train, n_val = int(0.6 * len(y)), int(0.2 * len(y))
+    train = slice(0, n_train)
+    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+    if name == "digits":  # pixels: one scale for the whole image keeps the 8x8 layout meaningful
+        mean, std = x[train].mean(), x[train].std()
+    x = (x - mean) / std
+    parts = {"train": train, "val": slice(n_train, n_train + n_val), "test": slice(n_train + n_val, None)}
+    out = {}
+    for part, where in parts.items():
+        out[f"x_{part}"], out[f"y_{part}"] = x[where].contiguous(), y[where].contiguous()
+    out["classes"] = torch.tensor(int(y.max()) + 1)
+    return out
+
+
+class ClassificationInstance(Instance):
+    def __init__(self, data: str, make_model: Callable[[int, int], nn.Module], batch_size: int,
+                 seed: int, image: bool = False) -> None:
+        self.data = dataset(data)
+        features, classes = self.data["x_train"].shape[1], int(self.data["classes"])
+        self.model = make_model(features, classes)
+        self.batch_size = batch_size
+        self.image = image
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order, self.position = torch.empty(0, dtype=torch.long), 0
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        return x.view(-1, 1, 8, 8) if self.image else x
+
+    def train_loss(self, step: int) -> Tensor:
+        """The loss of the next mini-batch: epochs of a seeded permutation, the ragged tail dropped."""
+        n = len(self.data["y_train"])
+        if self.position + self.batch_size > len(self.order):
+            self.order, self.position = torch.randperm(n, generator=self.generator), 0
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        x, y = self.data["x_train"][index], self.data["y_train"][index]
+        return F.cross_entropy(self.model(self._inputs(x)), y)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        out = {}
+        for part, key in (("train", "loss"), ("val", "val_loss"), ("test", "test_loss")):
+            logits = self.model(self._inputs(self.data[f"x_{part}"]))
+            out[key] = float(F.cross_entropy(logits, self.data[f"y_{part}"]))
+            if part == "test":
+                out["accuracy"] = float((logits.argmax(1) == self.data["y_test"]).float().mean())
+        self.model.train(was_training)
+        return out
+
+
+def linear(features: int, classes: int) -> nn.Module:
+    return nn.Linear(features, classes)
+
+
+def mlp(features: int, classes: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, classes))
+
+
+def cnn(features: int, classes: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 8 x 4 x 4
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 16 x 2 x 2
+        nn.Flatten(), nn.Linear(64, classes),
+    )
+
+
+def _classification(name: str, description: str, data: str, model: Callable[[int, int], nn.Module],
+                    steps: int, image: bool = False) -> Problem:
+    def build(seed: int) -> Instance:
+        return ClassificationInstance(data, model, 32, seed, image=image)
+
+    return Problem(
+        name=name, description=description, kind="classification", steps=steps, eval_every=20,
+        lr_range=(1e-4, 1.0), objective="val_loss", target="accuracy", higher_is_better=True, build=build,
+    )
+
+
+def _all_problems() -> dict[str, Problem]:
+    problems = [_function_problem(name) for name in SURFACES]
+    problems += [
+        _classification("logreg-digits", "logistic regression on digits (64 features, 10 classes)",
+                        "digits", linear, 200),
+        _classification("logreg-cancer", "logistic regression on breast cancer (30 features, 2 classes)",
+                        "cancer", linear, 200),
+        _classification("mlp-digits", "MLP 64-64-64-10 (ReLU) on digits", "digits", mlp, 300),
+        _classification("mlp-cancer", "MLP 30-64-64-2 (ReLU) on breast cancer", "cancer", mlp, 200),
+        _classification("cnn-digits", "two-layer CNN (8, 16 channels) on the 8x8 digit images",
+                        "digits", cnn, 300, image=True),
+    ]
+    return {p.name: p for p in problems}
+
+
+PROBLEMS: dict[str, Problem] = _all_problems()
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named selection of problems with its tuning budget and number of seeds."""
+
+    name: str
+    problems: tuple[str, ...]
+    trials: int
+    seeds: int
+    tune_weight_decay: bool
+    description: str
+
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite("quick", ("rosenbrock", "beale", "rastrigin", "belief-abs", "belief-skew-abs",
+                             "belief-quadratic", "logreg-cancer", "mlp-digits", "cnn-digits"),
+                   trials=10, seeds=3, tune_weight_decay=False,
+                   description="minutes on a laptop CPU: every 2-D function and three small networks"),
+    "standard": Suite("standard", tuple(PROBLEMS), trials=30, seeds=10, tune_weight_decay=True,
+                      description="every problem, 30 trials (learning rate and weight decay), 10 seeds"),
+}
+
+
+def problem(name: str) -> Problem:
+    if name not in PROBLEMS:
+        raise ValueError(f"problem={name!r} is unknown: choose from {', '.join(PROBLEMS)}")
+    return PROBLEMS[name]
+
+
+def suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"suite={name!r} is unknown: choose from {', '.join(SUITES)}")
+    return SUITES[name]

@@ -1,0 +1,82 @@
+"""Every lab problem is deterministic given a seed, and AdamW makes its loss fall."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from gradwise.lab.problems import PROBLEMS, SUITES, dataset, problem, suite
+from gradwise.lab.runner import train
+
+SHORT = 60  # steps: enough for the loss to fall, short enough for the whole file to take seconds
+LR = {"function": 0.05, "classification": 0.01}
+
+
+def short(name: str):
+    prob = PROBLEMS[name]
+    return dataclasses.replace(prob, steps=SHORT, eval_every=min(prob.eval_every, 20))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_deterministic_given_seed_and_loss_falls_for_adamw(name):
+    prob = short(name)
+    lr = {"lr": LR[prob.kind]}
+    first = train(prob, "adamw", lr, seed=3)
+    again = train(prob, "adamw", lr, seed=3)
+    other = train(prob, "adamw", lr, seed=4)
+    untimed = [{k: v for k, v in r.curve.items() if k != "time"} for r in (first, again)]
+    assert untimed[0] == untimed[1]
+    assert first.trajectory == again.trajectory
+    assert first.curve["loss"] != other.curve["loss"], "the seed must change the run"
+    losses = first.curve["loss"]
+    assert not first.diverged and all(v is not None and math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.7 * losses[0], f"{name}: AdamW did not reduce the loss enough: {losses}"
+    assert first.curve["step"][0] == 0 and first.curve["step"][-1] == SHORT
+    if prob.kind == "function":
+        assert len(first.trajectory) == SHORT + 1
+    else:
+        assert first.trajectory is None
+        assert 0.0 <= first.final["accuracy"] <= 1.0
+
+
+def test_networks_learn_beyond_chance():
+    result = train(PROBLEMS["logreg-digits"], "adamw", {"lr": 0.01}, seed=0)
+    assert result.final["accuracy"] > 0.85  # chance is 0.1
+
+
+def test_split_is_fixed_disjoint_and_standardised():
+    for name, total in (("digits", 1797), ("cancer", 569)):
+        d = dataset(name)
+        sizes = [len(d[f"y_{part}"]) for part in ("train", "val", "test")]
+        assert sum(sizes) == total and sizes[0] == int(0.6 * total)
+        rows = {tuple(r.tolist()) for r in d["x_train"]}
+        overlap = sum(tuple(r.tolist()) in rows for r in d["x_test"])
+        assert overlap < 0.05 * sizes[2]  # digits holds a few identical images; no systematic leak
+        assert abs(float(d["x_train"].mean())) < 1e-4
+    assert dataset("digits") is dataset("digits")
+
+
+def test_unknown_names_are_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="problem='nope'.*rosenbrock"):
+        problem("nope")
+    with pytest.raises(ValueError, match="suite='huge'.*quick"):
+        suite("huge")
+    with pytest.raises(ValueError, match="dataset='iris'"):
+        dataset("iris")
+
+
+def test_suites_name_known_problems():
+    for s in SUITES.values():
+        assert set(s.problems) <= set(PROBLEMS)
+    assert SUITES["quick"].seeds == 3 and SUITES["standard"].seeds == 10
