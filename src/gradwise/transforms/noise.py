@@ -72,7 +72,7 @@ def sghmc_friction(
     noise_estimate: tuple[str, str, float] | None = None,
     key: str = "momentum_buffer",
 ) -> Transform:
-    """b <- (1 - friction) b + lr u + N(0, 2 lr max(friction T - beta_hat, 0));  returns b.
+    """b <- (1 - friction) b + lr u - N(0, 2 lr max(friction T - beta_hat, 0));  returns b.
 
     The momentum of SGHMC (Chen et al., 2014) in their (eta, alpha) form, with eta = lr and
     alpha = friction, kept as b = -v so that the step p <- p - b (`sgd_step(1.0)`) completes it.
@@ -93,7 +93,7 @@ def sghmc_friction(
             variance = (s[sq_key] / correction).sub_((s[mean_key] / correction).square_()).clamp_(min=0.0)
             beta_hat = variance.mul_(0.5 * lr)
             noise.mul_(beta_hat.neg_().add_(friction * temperature).clamp_(min=0.0).mul_(2.0 * lr).sqrt_())
-        buf.mul_(1.0 - friction).add_(u, alpha=lr).add_(noise)
+        buf.mul_(1.0 - friction).add_(u, alpha=lr).sub_(noise)  # b = -v exactly, noise included
         return buf
 
     return Transform(update, zeros_state(key))
