@@ -1,0 +1,49 @@
+"""The gradwise lab: a fair, reproducible optimizer benchmark that runs offline on a CPU.
+
+Protocol
+--------
+1. Optimizers: every registered optimizer whose registry entry has kind "optimizer" (samplers such as
+   SGLD are skipped, as is any name in `gradwise.lab.runner.EXCLUDED`), or the ones named with
+   --optimizers. AdamW is always included: it is the baseline the targets come from. An optimizer that
+   cannot be built from `gradwise.create(name, model, lr=..., weight_decay=...)` is reported as such.
+2. Problems: small and offline (2-D test functions; logistic regression, MLPs and a CNN on
+   scikit-learn's bundled digits and breast-cancer sets, split once 60/20/20 train/validation/test with
+   a fixed seed). Each is deterministic given a seed: the seed fixes the initialisation, the mini-batch
+   order and, for the 2-D functions, a small jitter of the starting point.
+3. Equal tuning budget: for each (problem, optimizer), T trials of Optuna's TPE sampler (seeded; the
+   first max(2, min(10, T // 3)) trials are random) over the problem's declared log-uniform
+   learning-rate range, the same for every optimizer; with weight-decay tuning (suite standard) also
+   weight decay, log-uniform in [1e-5, 1e-1]; otherwise weight decay is 0 for every optimizer. All
+   other hyper-parameters stay at the optimizer's paper defaults. Every tuning trial trains with seed 0
+   and is scored by the final value of the problem's objective: validation loss for the networks, the
+   function value for the 2-D functions. A diverged trial scores +inf and counts against the budget.
+4. Seeds: the best configuration (lowest score; ties to the earlier trial) is re-run with S evaluation
+   seeds (3 in quick, 10 in standard), seeds 1000..1000+S-1, which the tuner never saw.
+5. Per problem, the report gives the median and the range [min, max] over seeds of the final training
+   loss and test accuracy, and the steps and training wall time (evaluation excluded) to the target.
+   The target is set from the tuned AdamW baseline: the value of the target metric (test accuracy for
+   the networks, the function value for the 2-D functions) that at least half its seed runs reach at
+   their last evaluation. A run's time to target is its first evaluation at which the metric is at least
+   as good; an optimizer's is the time by which half its seeds got there. Diverged runs and runs that
+   never get there are misses: they are counted, never dropped.
+6. Across problems: AlgoPerf-style performance profiles. On each problem an optimizer's ratio is its
+   steps to target divided by the fewest steps of any optimizer (a miss is +inf); rho(tau) is the share
+   of problems with ratio <= tau, and the score is the area under rho for 1 <= tau <= 4, divided by 3
+   (1.0: fastest everywhere; 0.0: never within 4x of the fastest, or always a miss).
+7. Storage and resume: every trial and seed run is an Optuna trial, persisted the moment it finishes
+   (SQLite in --out by default, any SQLAlchemy URL with --storage). Restarting with the same --out
+   resumes and never repeats a finished run; `gradwise lab worker --storage URL` processes share the
+   work of one plan. Runs use one torch thread each by default.
+"""
+
+from __future__ import annotations
+
+PROTOCOL = __doc__ or ""
+
+from .problems import PROBLEMS, SUITES, Problem, Suite  # noqa: E402
+from .runner import Lab, Plan, benchmarkable, open_storage, run_lab, run_worker, storage_url, train  # noqa: E402
+
+__all__ = [
+    "PROBLEMS", "PROTOCOL", "SUITES", "Lab", "Plan", "Problem", "Suite", "benchmarkable", "open_storage",
+    "run_lab", "run_worker", "storage_url", "train",
+]
