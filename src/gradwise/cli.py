@@ -1,0 +1,154 @@
+"""The `gradwise` command. `gradwise lab run | report | list | worker`: the benchmark lab."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="gradwise: optimizers that read their gradients, and the lab that measures them.",
+                  no_args_is_help=True, add_completion=False)
+lab_app = typer.Typer(help="The benchmark lab: tune, re-run over seeds, report.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+console = Console()
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+class _Bar:
+    """Turns the lab's events into one rich progress bar over every trial and seed run."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if event == "start":
+            self.task = self.progress.add_task("starting", total=data["total"], completed=data["done"])
+        elif event == "skip":
+            console.print(f"[yellow]skipping {data['optimizer']}[/]: {data['reason']}")
+        elif event in ("trial", "seed") and self.task is not None:
+            what = (f"tuning {data['number']}/{data['of']}" if event == "trial"
+                    else f"seed {data['seed'] + 1}/{data['of']}")
+            self.progress.update(self.task, advance=1,
+                                 description=f"{data['problem']} / {data['optimizer']}: {what}")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}", style="cyan"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+def _report(storage: str, out: Path) -> Path:
+    from .lab.report import LEADERBOARD_HEADER, leaderboard_rows, write_report
+    from .lab.runner import open_storage
+
+    with console.status("rendering the report"):
+        path, results = write_report(open_storage(storage), out)
+    table = Table(title=f"gradwise lab: suite {results.plan.suite}")
+    for column in LEADERBOARD_HEADER:
+        table.add_column(column, justify="left" if column == "optimizer" else "right")
+    for row in leaderboard_rows(results):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: [bold]{path}[/]")
+    return path
+
+
+@lab_app.command("run")
+def lab_run(
+    suite: Annotated[str, typer.Option(help="quick, standard (see `gradwise lab list`)")] = "quick",
+    optimizers: Annotated[str | None, typer.Option(help="comma-separated names; default: all")] = None,
+    problems: Annotated[str | None, typer.Option(help="comma-separated problems; default: the suite's")] = None,
+    seeds: Annotated[int | None, typer.Option(help="evaluation seeds; default: the suite's")] = None,
+    trials: Annotated[int | None, typer.Option(help="tuning trials per optimizer; default: the suite's")] = None,
+    tune_weight_decay: Annotated[bool | None, typer.Option(help="also tune weight decay")] = None,
+    storage: Annotated[str | None, typer.Option(help="SQLAlchemy URL; default: sqlite in --out")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the storage and the report")] = Path("lab-results"),
+    threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
+) -> None:
+    """Tune every optimizer, re-run the best configurations over seeds, write the report. Resumes."""
+    from .lab.runner import Plan, run_lab, storage_url
+
+    try:
+        plan = Plan.make(suite, _split(problems), _split(optimizers), trials, seeds, tune_weight_decay)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    url = storage_url(out, storage)
+    console.print(f"suite [bold]{plan.suite}[/]: {len(plan.problems)} problems x {len(plan.optimizers)} "
+                  f"optimizers ({', '.join(plan.optimizers)}), {plan.trials} trials + {plan.seeds} seeds each")
+    with _progress() as progress:
+        run_lab(plan, url, on_event=_Bar(progress), threads=threads)
+    _report(url, out)
+
+
+@lab_app.command("report")
+def lab_report(
+    out: Annotated[Path, typer.Argument(help="the folder of a lab run")],
+    storage: Annotated[str | None, typer.Option(help="SQLAlchemy URL; default: sqlite in DIR")] = None,
+) -> None:
+    """Re-render the report (and print the leaderboard) from the stored results."""
+    from .lab.runner import storage_url
+
+    if storage is None and not (out / "lab.db").exists():
+        raise typer.BadParameter(f"{out} holds no lab.db: give the --out folder of a `gradwise lab run`")
+    _report(storage_url(out, storage), out)
+
+
+@lab_app.command("list")
+def lab_list() -> None:
+    """List the problems, the suites and the optimizers the lab would run."""
+    from .lab.problems import PROBLEMS, SUITES
+    from .lab.runner import benchmarkable
+
+    table = Table(title="problems")
+    for column in ("name", "kind", "steps", "lr range", "target", "description"):
+        table.add_column(column)
+    for p in PROBLEMS.values():
+        table.add_row(p.name, p.kind, str(p.steps), f"{p.lr_range[0]:g}..{p.lr_range[1]:g}", p.target,
+                      p.description)
+    console.print(table)
+    table = Table(title="suites")
+    for column in ("name", "trials", "seeds", "weight decay tuned", "problems", "description"):
+        table.add_column(column)
+    for s in SUITES.values():
+        table.add_row(s.name, str(s.trials), str(s.seeds), "yes" if s.tune_weight_decay else "no",
+                      ", ".join(s.problems), s.description)
+    console.print(table)
+    chosen, skipped = benchmarkable()
+    console.print(f"optimizers: {', '.join(chosen)}")
+    for name, reason in skipped.items():
+        console.print(f"not benchmarked: {name} ({reason})")
+
+
+@lab_app.command("worker")
+def lab_worker(
+    storage: Annotated[str, typer.Option(help="SQLAlchemy URL of a lab started by `gradwise lab run`")],
+    threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
+    stale_after: Annotated[float, typer.Option(help="seconds after which another host's claim is void")] = 1800,
+) -> None:
+    """Join a lab: work on its stored plan next to other workers until every run is finished."""
+    from .lab.runner import run_worker
+
+    with _progress() as progress:
+        try:
+            plan = run_worker(storage, on_event=_Bar(progress), threads=threads, stale_after=stale_after)
+        except ValueError as error:
+            raise typer.BadParameter(str(error)) from error
+    console.print(f"worker done: suite {plan.suite}, {plan.units} runs finished in {storage}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The `gradwise` command end to end on a tiny suite, with typer's CliRunner."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("typer")
+from typer.testing import CliRunner  # noqa: E402
+
+from gradwise.cli import app  # noqa: E402
+from gradwise.lab import runner  # noqa: E402
+
+cli = CliRunner()
+
+
+def test_lab_run_then_report_then_list(tmp_path):
+    others = [n for n in runner.benchmarkable()[0] if n != "adamw"][:1]
+    optimizers = ",".join(["adamw", *others])
+    args = ["lab", "run", "--suite", "quick", "--problems", "belief-quadratic,logreg-cancer",
+            "--optimizers", optimizers, "--trials", "2", "--seeds", "2", "--out", str(tmp_path)]
+    result = cli.invoke(app, args, env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "report.html"
+    assert report.exists() and (tmp_path / "lab.db").exists()
+    assert "report:" in result.output and "gradwise lab: suite quick" in result.output
+    for name in optimizers.split(","):
+        assert name in result.output and name in report.read_text()
+
+    again = cli.invoke(app, args, env={"COLUMNS": "160"})  # resumes: nothing left to run
+    assert again.exit_code == 0, again.output
+    assert "tuning" not in again.output
+
+    rendered = cli.invoke(app, ["lab", "report", str(tmp_path)], env={"COLUMNS": "160"})
+    assert rendered.exit_code == 0, rendered.output
+    assert "adamw" in rendered.output
+
+    listed = cli.invoke(app, ["lab", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0
+    for word in ("rosenbrock", "cnn-digits", "quick", "standard", "adamw"):
+        assert word in listed.output
+
+
+def test_bad_arguments_say_what_is_wrong(tmp_path):
+    result = cli.invoke(app, ["lab", "run", "--suite", "huge", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "huge" in result.output
+    result = cli.invoke(app, ["lab", "run", "--optimizers", "adamm", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "adamm" in result.output
+    result = cli.invoke(app, ["lab", "report", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "lab.db" in result.output
+    result = cli.invoke(app, ["lab", "worker", "--storage", f"sqlite:///{tmp_path / 'empty.db'}"])
+    assert result.exit_code == 2 and "no lab plan" in result.output
