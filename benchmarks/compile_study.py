@@ -204,7 +204,19 @@ class Contender:
             self.fn(p, g, m, v, self.lr, self.step_t)
 
 
-def time_contenders(contenders: list[Contender], repeats: int, warmup: int) -> dict[str, float]:
+class Triad:
+    """The in-place triad a = a + s * b, timed in the round-robin so that the floor sees the same load."""
+
+    name, first_call_s, elements = "triad", 0.0, 32_000_000
+
+    def __init__(self):
+        self.a, self.b = torch.rand(self.elements), torch.rand(self.elements)
+
+    def call(self):
+        self.a.add_(self.b, alpha=1e-9)
+
+
+def time_contenders(contenders: list, repeats: int, warmup: int) -> dict[str, float]:
     for c in contenders:  # the first call compiles
         t0 = time.perf_counter()
         c.call()
@@ -236,7 +248,7 @@ def worker(variants: list[str], shapes: list[str], repeats: int, warmup: int, th
     for shape in shapes:
         count, size = SHAPES[shape]
         contenders = [Contender(v, count, size, v) for v in variants]
-        ms = time_contenders(contenders, repeats, warmup)
+        ms = time_contenders([*contenders, Triad()], repeats, warmup)
         reference = next(c for c in contenders if c.name == "fused") if "fused" in variants else None
         rows = {}
         for c in contenders:
@@ -246,6 +258,7 @@ def worker(variants: list[str], shapes: list[str], repeats: int, warmup: int, th
                 got = torch.cat([p.detach().reshape(-1) for p in c.params])
                 diff = float((got - ref).abs().max() / ref.abs().max())
             rows[c.name] = {"ms": ms[c.name] * 1e3, "first_call_s": c.first_call_s, "max_rel_diff": diff}
+        rows["triad"] = {"ms": ms["triad"] * 1e3, "bandwidth": 3 * Triad.elements * 4 / ms["triad"]}
         out["shapes"][shape] = rows
         del contenders
     from torch._dynamo.utils import counters
@@ -271,8 +284,8 @@ def run_worker(cache: str, variants: list[str], shapes: list[str], args: argpars
 
 def part_a(args: argparse.Namespace) -> None:
     print("\n== (a) batching: AdamW step ms and compile seconds ==")
-    bandwidth = triad_bandwidth()
-    print(f"in-place triad bandwidth {bandwidth / 1e9:.1f} GB/s; floor = 7 passes x 4 bytes x elements / bandwidth")
+    print(f"in-place triad bandwidth before the runs {triad_bandwidth() / 1e9:.1f} GB/s; each shape's floor uses"
+          " the triad timed in its round-robin: 7 passes x 4 bytes x elements / bandwidth")
     eager = ["fused", "foreach", "forloop", "eager-plain"]
     compiled = ["per-param", "flat-views", "flat-guard", "flat-gather", "flat-inkernel"]
     unrolled_shapes = list(SHAPES) if args.full else ["100x100k"]
@@ -288,22 +301,25 @@ def part_a(args: argparse.Namespace) -> None:
             f" {'warm s':>7} {'rel diff':>8}")
     print(head + "\n" + "-" * len(head))
     for shape, (count, size) in SHAPES.items():
+        bandwidth = runs["cold"]["shapes"][shape]["triad"]["bandwidth"]
         floor_ms = 7 * 4 * count * size / bandwidth * 1e3
-        print(f"{'floor':>12} {shape:>9} {floor_ms:8.2f}")
-        cold = {**runs["cold"]["shapes"][shape], **runs["cold-unrolled"]["shapes"].get(shape, {})}
-        warm = {**runs["warm"]["shapes"][shape], **runs["warm-unrolled"]["shapes"].get(shape, {})}
-        fused = cold["fused"]["ms"]
+        print(f"{'floor':>12} {shape:>9} {floor_ms:8.2f}   (triad {bandwidth / 1e9:.1f} GB/s)")
         for name in eager + compiled + ["unrolled"]:
+            run = "-unrolled" if name == "unrolled" else ""
+            cold = runs["cold" + run]["shapes"].get(shape, {})
             if name not in cold:
                 print(f"{name:>12} {shape:>9}   (not run; --full compiles it)")
                 continue
-            r, w = cold[name], warm[name]
+            r, w = cold[name], runs["warm" + run]["shapes"][shape][name]
+            # Ratios against the fused AdamW and the triad timed in the same process and round-robin.
+            own_fused = cold["fused"]["ms"]
+            own_floor = 7 * 4 * count * size / cold["triad"]["bandwidth"] * 1e3
             compiles = name in compiled or name == "unrolled"
             cold_s = f"{r['first_call_s']:7.1f}" if compiles else f"{'-':>7}"
             warm_s = f"{w['first_call_s']:7.1f}" if compiles else f"{'-':>7}"
             diff = "-" if r["max_rel_diff"] is None else f"{r['max_rel_diff']:.1e}"
-            print(f"{name:>12} {shape:>9} {r['ms']:8.2f} {r['ms'] / fused:7.2f} {r['ms'] / floor_ms:7.2f} "
-                  f"{cold_s} {warm_s} {diff:>8}")
+            print(f"{name:>12} {shape:>9} {r['ms']:8.2f} {r['ms'] / own_fused:7.2f} {r['ms'] / own_floor:7.2f} "
+                  f"{cold_s} {warm_s} {diff:>8}" + ("   (own process)" if run else ""))
     print(f"graphs compiled in the cold process: {runs['cold']['graphs']} (per-param: one graph for every shape)")
     print(f"inductor cache counters, cold: {runs['cold']['fxgraph_cache']}; warm: {runs['warm']['fxgraph_cache']}")
 

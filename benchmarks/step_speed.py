@@ -9,7 +9,8 @@ meaningful on a shared machine.
 The floor is the time a step needs just to move its bytes: every parameter, gradient and state tensor read
 once and every parameter and state tensor written once, (3 + 2 k) * numel * itemsize for k state tensors
 per parameter, divided by the bandwidth of a triad c = a + s * b measured in the same run on arrays larger
-than the caches (in place, c = a, for the reason given in `triad_bandwidth`). Optimizers that need a
+than the caches (in place, c = a, for the reason given in `triad_bandwidth`), timed in the same round-robin as
+the row's steps. Optimizers that need a
 reduction over a whole tensor before they can update it (AdamP's cosine test, Adan's gradient clipping)
 must read some tensors twice, so their true floor is higher. Contended machines: use --threads 1 and
 --stat min (with 2 OpenMP threads on 2 busy cores one step can take 100x longer).
@@ -206,7 +207,7 @@ class Report:
     torch_version: str
     cpu: str
     peer_version: str
-    bandwidth: float  # bytes per second, in-place triad a = a + s * b (the floor's)
+    bandwidth: float  # bytes per second, in-place triad a = a + s * b (median over the rows)
     rows: list[Row]
     bandwidth_three_arrays: float = 0.0  # c = a + s * b into a third array
     stat: str = "median"
@@ -227,6 +228,10 @@ def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None =
     names = list(optimizers) if optimizers else optimizer_names()
     load_before = os.getloadavg()[0]
     bandwidth, bandwidth_three = triad_bandwidth(triad_elements, stat=stat)
+    # The floor of each row uses a triad timed inside that row's round-robin, under the same load.
+    triad_a, triad_b = torch.rand(triad_elements), torch.rand(triad_elements)
+    triad_bytes = 3 * triad_elements * triad_a.element_size()
+    bandwidths = []
     rows = []
     for shape_name, shape_list in shapes.items():
         for name in names:
@@ -240,13 +245,17 @@ def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None =
             if peer is not None:
                 params["peer"] = make_params(shape_list)
                 contenders["peer"] = peer[1](params["peer"])
-            times = time_round_robin({k: opt.step for k, opt in contenders.items()}, repeats, warmup, stat)
+            steps = {k: opt.step for k, opt in contenders.items()}
+            steps["triad"] = lambda: triad_a.add_(triad_b, alpha=1e-9)
+            times = time_round_robin(steps, repeats, warmup, stat)
+            row_bandwidth = triad_bytes / times["triad"]
+            bandwidths.append(row_bandwidth)
             k = state_tensors_per_param(contenders["eager"], params["eager"])
             row = Row(
                 optimizer=name, shape=shape_name, tensors=len(shape_list),
                 elements=sum(math.prod(s) for s in shape_list),
                 state_tensors=k, eager_ms=times["eager"] * 1e3, fused_adamw_ms=times["fused"] * 1e3,
-                floor_ms=floor_bytes(params["eager"], k) / bandwidth * 1e3,
+                floor_ms=floor_bytes(params["eager"], k) / row_bandwidth * 1e3,
                 peer=f"pytorch_optimizer.{peer[0]}" if peer else "-",
                 peer_ms=times["peer"] * 1e3 if peer else None,
             )
@@ -254,6 +263,7 @@ def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None =
             if log:
                 log(format_row(row))
             del contenders, params
+    bandwidth = statistics.median(bandwidths) if bandwidths else bandwidth
     return Report(threads, torch.__version__, cpu_model(), peer_version(), bandwidth, rows, bandwidth_three, stat,
                   (load_before, os.getloadavg()[0]))
 
@@ -279,8 +289,8 @@ def format_header(report: Report) -> str:
         f" load average {report.load[0]:.1f} before, {report.load[1]:.1f} after",
         f"times: {report.stat} of the timed steps",
         f"pytorch-optimizer {report.peer_version}; triad bandwidth (float32, 3 arrays counted):"
-        f" a = a + s*b {report.bandwidth / 1e9:.1f} GB/s (used for the floor),"
-        f" c = a + s*b {report.bandwidth_three_arrays / 1e9:.1f} GB/s",
+        f" a = a + s*b {report.bandwidth / 1e9:.1f} GB/s (median over rows; each row's floor uses the triad"
+        f" timed in its own round-robin), c = a + s*b {report.bandwidth_three_arrays / 1e9:.1f} GB/s",
         "k: parameter-sized state tensors; floor = (3 + 2k) * bytes(params) / triad bandwidth;"
         " x peer < 1 means gradwise is faster",
     ])
