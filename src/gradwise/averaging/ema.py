@@ -61,7 +61,7 @@ class SwitchEMA(EMA):
     keeps averaging; Li et al. report flatter, better-generalising solutions at no extra cost. Call
     `switch(model)` at each epoch's end, or give `steps_per_epoch` and `update` switches by itself right
     after the average of every steps_per_epoch-th step. Other arguments as for `EMA`.
-    Li, Wang, Wu, Zang, Xiong, Liu & Li, "Switch EMA: A Free Lunch for Better Flatness and Sharpness",
+    Li et al., "Switch EMA: A Free Lunch for Better Flatness and Sharpness",
     2024, arXiv:2402.09240.
     """
 

@@ -134,8 +134,8 @@ class PSGLD(LangevinSampler):
     own moves (alpha too small for the chain's decorrelation time) the dropped Gamma term shows as
     inflated variances: on the test's regression, about 15% with alpha = 0.99 and 5% with 0.999.
 
-    Defaults: alpha = 0.99 and eps (the paper's lambda) = 1e-5, the values of the paper's experiments;
-    temperature = 1. lr has no default.
+    Defaults: alpha = 0.99 (RMSprop's customary value) and eps (the paper's lambda) = 1e-5, as commonly
+    used with this method; temperature = 1. lr has no default.
     Li, Chen, Carlson & Carin, "Preconditioned Stochastic Gradient Langevin Dynamics for Deep Neural
     Networks", AAAI 2016, arXiv:1512.07666.
     """
