@@ -263,8 +263,8 @@ def test_visits_both_modes_of_a_mixture_in_proportion(name):
     x = torch.full((chains,), MODES[0], dtype=torch.float64, requires_grad=True)  # all start in the small mode
     g = torch.Generator().manual_seed(3)
     opt = gw.create(name, [x], generator=g, **MIXTURE[name])
-    collector = SampleCollector([x], burn_in=3000, thin=500, max_samples=10)
-    for _ in range(4000):
+    collector = SampleCollector([x], burn_in=2000, thin=500, max_samples=10)
+    for _ in range(3000):
         x.grad = mixture_grad(x) + 0.5 * torch.randn(chains, generator=g, dtype=torch.float64)  # noisy gradient
         opt.step()
         collector.step()
