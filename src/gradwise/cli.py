@@ -133,13 +133,15 @@ def lab_worker(
     storage: Annotated[str, typer.Option(help="SQLAlchemy URL of a lab started by `gradwise lab run`")],
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
     stale_after: Annotated[float, typer.Option(help="seconds after which another host's claim is void")] = 1800,
+    poll: Annotated[float, typer.Option(help="seconds between checks while others hold the last runs")] = 2.0,
 ) -> None:
     """Join a lab: work on its stored plan next to other workers until every run is finished."""
     from .lab.runner import run_worker
 
     with _progress() as progress:
         try:
-            plan = run_worker(storage, on_event=_Bar(progress), threads=threads, stale_after=stale_after)
+            plan = run_worker(storage, on_event=_Bar(progress), threads=threads, stale_after=stale_after,
+                              poll=poll)
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
     console.print(f"worker done: suite {plan.suite}, {plan.units} runs finished in {storage}")

@@ -360,10 +360,11 @@ class Lab:
                 return "done"
             if len(done) + len(busy) >= budget:
                 return "busy"
-            # A sampler seeded by the history: the same finished trials give the same next proposal.
-            study.sampler = optuna.samplers.TPESampler(seed=_stable_seed(name, len(trials)),
-                                                       n_startup_trials=startup)
             trial = _claim(study)
+            # Seeded by the study and the trial number (samplers draw lazily, at suggest time): the same
+            # history gives the same proposal, and two workers never share a random stream.
+            study.sampler = optuna.samplers.TPESampler(seed=_stable_seed(name, trial.number),
+                                                       n_startup_trials=startup)
             ahead = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
             if sum(t.number < trial.number for t in ahead) >= budget:  # another worker got there first
                 study.tell(trial, state=TrialState.FAIL)
@@ -462,11 +463,11 @@ def run_lab(plan: Plan, storage: str, on_event: Event = _quiet, threads: int | N
 
 
 def run_worker(storage: str, on_event: Event = _quiet, threads: int | None = 1,
-               stale_after: float = 1800.0) -> Plan:
+               stale_after: float = 1800.0, poll: float = 2.0) -> Plan:
     """Join the lab stored at `storage` (a URL): work on its plan until every run is finished."""
     store = open_storage(storage)
     plan = load_plan(store)
-    Lab(store, plan, on_event, stale_after=stale_after, threads=threads).run()
+    Lab(store, plan, on_event, stale_after=stale_after, threads=threads).run(poll=poll)
     return plan
 
 
