@@ -12,7 +12,7 @@ from gradwise.lab.problems import PROBLEMS, SUITES, dataset, problem, suite
 from gradwise.lab.runner import train
 
 SHORT = 60  # steps: enough for the loss to fall, short enough for the whole file to take seconds
-LR = {"function": 0.05, "classification": 0.01}
+LR = {"function": 0.05, "classification": 0.01, "language-model": 0.003}
 
 
 def short(name: str):
@@ -80,3 +80,14 @@ def test_suites_name_known_problems():
     for s in SUITES.values():
         assert set(s.problems) <= set(PROBLEMS)
     assert SUITES["quick"].seeds == 3 and SUITES["standard"].seeds == 10
+
+
+def test_corpus_ships_with_python_and_splits_in_order():
+    from gradwise.lab.problems import corpus
+
+    c = corpus()
+    sizes = [len(c[part]) for part in ("train", "val", "test")]
+    assert sum(sizes) > 400_000 and sizes[0] > 8 * sizes[1]
+    for part in ("train", "val", "test"):
+        assert 0 <= int(c[part].min()) and int(c[part].max()) < int(c["vocab"])
+    assert (c["train"] == 96).float().mean() < 0.01  # almost every character is printable ASCII

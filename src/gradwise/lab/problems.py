@@ -45,7 +45,7 @@ class Problem:
 
     name: str
     description: str
-    kind: str  # "function" (2-D test function) or "classification"
+    kind: str  # "function" (2-D test function), "classification" or "language-model"
     steps: int
     eval_every: int
     lr_range: tuple[float, float]
@@ -251,6 +251,80 @@ def _classification(name: str, description: str, data: str, model: Callable[[int
     )
 
 
+# -- character-level language model -----------------------------------------------------------------
+@functools.cache
+def corpus() -> dict[str, Tensor]:
+    """Python's reference documentation as characters: the `pydoc_data.topics` module of the standard
+    library (about 465,000 characters; Python Software Foundation License, the licence of Python's
+    documentation), so every Python installation has it offline. Printable ASCII and newline are
+    kept (96 symbols), anything else becomes one "unknown" symbol; the first 90 % of the text is
+    for training, the next 5 % for validation, the last 5 % for test."""
+    from pydoc_data.topics import topics
+
+    text = "".join(topics[key] for key in sorted(topics))
+    codes = torch.tensor([ord(c) - 31 if 32 <= ord(c) < 127 else (0 if c == "\n" else 96) for c in text])
+    n = len(codes)
+    cut1, cut2 = int(0.9 * n), int(0.95 * n)
+    return {"train": codes[:cut1], "val": codes[cut1:cut2], "test": codes[cut2:], "vocab": torch.tensor(97)}
+
+
+class CharTransformer(nn.Module):
+    """A small pre-norm causal transformer over characters: learned positions, tied nothing."""
+
+    def __init__(self, vocab: int, context: int, width: int = 64, layers: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.position = nn.Parameter(torch.randn(context, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        t = codes.shape[1]
+        h = self.embed(codes) + self.position[:t]
+        h = self.blocks(h, mask=self.mask[:t, :t], is_causal=True)
+        return self.head(self.norm(h))
+
+
+class LanguageModelInstance(Instance):
+    context, batch_size, eval_windows = 64, 16, 64
+
+    def __init__(self, seed: int) -> None:
+        self.data = corpus()
+        self.model = CharTransformer(int(self.data["vocab"]), self.context)
+        self.generator = torch.Generator().manual_seed(seed)
+        fixed = torch.Generator().manual_seed(SPLIT_SEED)  # the same evaluation windows for every run
+        self.eval_batches = {part: self._windows(part, self.eval_windows, fixed) for part in ("train", "val", "test")}
+
+    def _windows(self, part: str, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        codes = self.data[part]
+        starts = torch.randint(0, len(codes) - self.context - 1, (count,), generator=generator)
+        index = starts[:, None] + torch.arange(self.context + 1)
+        windows = codes[index]
+        return windows[:, :-1], windows[:, 1:]
+
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.model(x)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten()), logits
+
+    def train_loss(self, step: int) -> Tensor:
+        return self._loss(*self._windows("train", self.batch_size, self.generator))[0]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        out = {}
+        for part, key in (("train", "loss"), ("val", "val_loss"), ("test", "test_loss")):
+            x, y = self.eval_batches[part]
+            loss, logits = self._loss(x, y)
+            out[key] = float(loss)
+            if part == "test":
+                out["accuracy"] = float((logits.argmax(-1) == y).float().mean())
+        return out
+
+
 def _all_problems() -> dict[str, Problem]:
     problems = [_function_problem(name) for name in SURFACES]
     problems += [
@@ -263,6 +337,12 @@ def _all_problems() -> dict[str, Problem]:
         _classification("cnn-digits", "two-layer CNN (8, 16 channels) on the 8x8 digit images",
                         "digits", cnn, 300, image=True),
     ]
+    problems.append(Problem(
+        name="char-lm", description="character-level transformer (2 layers, width 64, context 64) on Python's "
+        "reference documentation (pydoc_data, PSF License)", kind="language-model", steps=300, eval_every=25,
+        lr_range=(1e-4, 1e-1), objective="val_loss", target="accuracy", higher_is_better=True,
+        build=LanguageModelInstance,
+    ))
     return {p.name: p for p in problems}
 
 

@@ -89,7 +89,8 @@ def curves_figure(results: Results, problem: str) -> str:
         if metric == "loss":
             ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss" if metric == "loss" else "test accuracy")
+        accuracy = "next-character accuracy (test)" if prob.kind == "language-model" else "test accuracy"
+        ax.set_ylabel("training loss" if metric == "loss" else accuracy)
         ax.grid(alpha=0.3)
     axes[0][0].set_title(problem)
     axes[0][-1].legend(fontsize=7, loc="best")
