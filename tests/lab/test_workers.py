@@ -1,4 +1,5 @@
-"""Two `gradwise lab worker` processes share one stored plan: every run done once, budgets exact.
+"""Two `gradwise lab worker` processes share one stored plan; one is killed mid-study; every run is
+done exactly once and every budget is met exactly.
 
 On SQLite always; on PostgreSQL when a server is reachable at $GRADWISE_TEST_POSTGRES (default
 postgresql://postgres@127.0.0.1:5432/postgres). Outside CI the PostgreSQL case skips with a message
@@ -8,8 +9,10 @@ when no server answers; in CI (environment variable CI set) it fails instead.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 
@@ -49,9 +52,22 @@ def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'lab.db'}"
 
 
+def finished_by(store, plan, owner):
+    count = 0
+    for study in optuna.get_all_study_summaries(store):
+        if study.study_name == runner.META_STUDY:
+            continue
+        trials = optuna.load_study(study_name=study.study_name, storage=store).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))
+        count += sum(t.user_attrs["claim"]["owner"] == owner for t in trials)
+    return count
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["sqlite_url", "postgres_url"])
-def test_two_workers_share_a_plan_and_never_repeat_a_run(backend, request):
+def test_two_workers_share_a_plan_one_is_killed_and_no_run_is_repeated(backend, request):
+    """Two workers start on one plan; one is killed (SIGKILL) mid-study after finishing some runs. The
+    survivor fails the dead worker's claim, finishes the plan, and every run is COMPLETE exactly once."""
     url = request.getfixturevalue(backend)
     others = [n for n in runner.benchmarkable()[0] if n != "adamw"][:1]
     plan = Plan.make("quick", problems=["belief-quadratic"], optimizers=["adamw", *others], trials=5, seeds=2)
@@ -60,10 +76,15 @@ def test_two_workers_share_a_plan_and_never_repeat_a_run(backend, request):
     command = [sys.executable, "-m", "gradwise.cli", "lab", "worker", "--storage", url, "--poll", "0.2"]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]
-    outputs = [w.communicate(timeout=240)[0] for w in workers]
-    for w, output in zip(workers, outputs, strict=True):
-        assert w.returncode == 0, output
-    owners = Counter()
+    victim = f"{runner.socket.gethostname()}:{workers[0].pid}"
+    deadline = time.time() + 120
+    while finished_by(store, plan, victim) < 2 and workers[0].poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    workers[0].send_signal(signal.SIGKILL)
+    workers[0].wait(timeout=30)
+    output = workers[1].communicate(timeout=240)[0]
+    assert workers[1].returncode == 0, output
+    owners, failed = Counter(), Counter()
     for p in plan.problems:
         for o in plan.optimizers:
             tune = optuna.load_study(study_name=plan.tune_study(p, o), storage=store)
@@ -74,5 +95,11 @@ def test_two_workers_share_a_plan_and_never_repeat_a_run(backend, request):
             assert sorted(t.user_attrs["claim"]["seed"] for t in finished) == list(range(plan.seeds))
             for t in done + finished:
                 owners[t.user_attrs["claim"]["owner"]] += 1
-            assert not tune.get_trials(states=(TrialState.RUNNING,))
-    assert set(owners) == {f"{runner.socket.gethostname()}:{w.pid}" for w in workers}, owners
+            for study in (tune, seeds):
+                assert not study.get_trials(states=(TrialState.RUNNING,))
+                for t in study.get_trials(states=(TrialState.FAIL,)):
+                    failed[t.user_attrs.get("claim", {}).get("owner")] += 1
+    survivor = f"{runner.socket.gethostname()}:{workers[1].pid}"
+    assert owners[victim] >= 2 and owners[survivor] >= 1, owners
+    assert sum(owners.values()) == len(plan.problems) * len(plan.optimizers) * (plan.trials + plan.seeds)
+    assert set(failed) <= {victim, survivor}, failed  # the killed claim (if any) and lost races only
