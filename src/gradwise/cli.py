@@ -58,6 +58,15 @@ def _report(storage: str, out: Path) -> Path:
     for row in leaderboard_rows(results):
         table.add_row(*row)
     console.print(table)
+    if results.plan.suite == "paper":
+        from .lab.claims import verdicts
+
+        claims = Table(title="paper claims")
+        for column in ("claim", "verdict", "evidence"):
+            claims.add_column(column)
+        for claim, verdict, evidence in verdicts(results):
+            claims.add_row(claim.name, verdict, evidence)
+        console.print(claims)
     console.print(f"report: [bold]{path}[/]")
     return path
 

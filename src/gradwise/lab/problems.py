@@ -368,6 +368,10 @@ SUITES: dict[str, Suite] = {
                    description="minutes on a laptop CPU: every 2-D function and three small networks"),
     "standard": Suite("standard", tuple(PROBLEMS), trials=30, seeds=10, tune_weight_decay=True,
                       description="every problem, 30 trials (learning rate and weight decay), 10 seeds"),
+    "paper": Suite("paper", ("belief-abs", "belief-skew-abs", "belief-quadratic", "char-lm"),
+                   trials=10, seeds=3, tune_weight_decay=False,
+                   description="the problems behind the papers' headline claims; the report says per claim "
+                               "whether it held (gradwise.lab.claims)"),
 }
 
 

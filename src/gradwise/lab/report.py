@@ -243,6 +243,12 @@ def render(results: Results, protocol: str) -> str:
             if prob.kind == "function":
                 parts.append(f"<img alt='trajectories {html.escape(problem)}' "
                              f"src='data:image/png;base64,{trajectory_figure(results, problem)}'>")
+    if plan.suite == "paper":
+        from .claims import verdicts
+
+        parts.append("<h2>Paper claims</h2>")
+        parts.append(_table(["claim", "source", "statement", "verdict", "evidence"],
+                            [[c.name, c.source, c.statement, v, e] for c, v, e in verdicts(results)]))
     parts.append("<h2>Protocol</h2>")
     parts.append(f"<pre>{html.escape(protocol)}</pre>")
     suite = SUITES.get(plan.suite)
