@@ -29,7 +29,7 @@ by measurement on this machine.
 
 (d) The existing chain. gradwise's AdamW chain (closures over Python floats, t a float) compiled as it is:
     graphs over 50 steps with a changing lr and agreement with the same chain run eagerly.
-Run:  .venv/bin/python benchmarks/compile_study.py [--parts a,b,c] [--threads 1] [--full]
+Run:  .venv/bin/python benchmarks/compile_study.py [--parts a,b,c,d] [--threads 1] [--full]
 (--full also compiles the unrolled graph over 1000 tensors, which takes minutes.)
 """
 
