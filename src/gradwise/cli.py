@@ -73,7 +73,7 @@ def _report(storage: str, out: Path) -> Path:
 
 @lab_app.command("run")
 def lab_run(
-    suite: Annotated[str, typer.Option(help="quick, standard (see `gradwise lab list`)")] = "quick",
+    suite: Annotated[str, typer.Option(help="quick, standard or paper (see `gradwise lab list`)")] = "quick",
     optimizers: Annotated[str | None, typer.Option(help="comma-separated names; default: all")] = None,
     problems: Annotated[str | None, typer.Option(help="comma-separated problems; default: the suite's")] = None,
     seeds: Annotated[int | None, typer.Option(help="evaluation seeds; default: the suite's")] = None,
