@@ -136,8 +136,8 @@ def belief_skew_quadratic(x: Tensor, y: Tensor) -> Tensor:
 SURFACES: dict[str, tuple[Surface, str]] = {
     "rosenbrock": (Surface(rosenbrock, (-1.5, 2.0), (1.0, 1.0), (-2.0, 2.0, -1.0, 3.0)),
                    "Rosenbrock's banana valley (2-D)"),
-    "beale": (Surface(beale, (-1.0, 1.5), (3.0, 0.5), (-2.0, 4.0, -1.0, 2.0)),
-              "Beale's function: plateaus and steep walls (2-D)"),
+    "beale": (Surface(beale, (1.0, 1.0), (3.0, 0.5), (-1.0, 4.5, -1.5, 2.0)),
+              "Beale's function: plateaus and steep walls (2-D), start (1, 1) as in Moré et al. 1981"),
     "rastrigin": (Surface(rastrigin, (-2.3, 2.6), (0.0, 0.0), (-3.5, 3.5, -3.5, 3.5)),
                   "Rastrigin's function: many local minima (2-D)"),
     "belief-abs": (Surface(belief_abs, (-1.5, 1.0), (0.0, 0.0), (-2.0, 2.0, -2.0, 2.0)),
