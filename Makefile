@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/python examples/demo.py
+	$(BIN)/gradwise lab run --suite quick --out lab-results
 
 test: install
 	$(BIN)/ruff check .
