@@ -106,6 +106,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         """The transforms of one param group, given its hyper-parameters `h`."""
         raise NotImplementedError
 
+    def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
+        """Compute values shared by all parameters of this step (e.g. a global gradient norm) before any
+        chain runs; `work` lists each group with its parameters that have gradients. Default: nothing."""
+
     # -- param groups ------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -135,6 +139,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         if self.nonfinite != "ignore" and not self._gradients_finite(work):
             self.skipped_steps += 1
             return loss
+        self.prepare(work)
         for group, params in work:
             if not params:
                 continue

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -72,19 +71,9 @@ class Adan(ChainOptimizer):
 
     _grad_norm: Tensor | None = None
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
         clipping = any(group["max_grad_norm"] > 0 for group in self.param_groups)
         self._grad_norm = self._global_grad_norm() if clipping else None
-        try:
-            super().step()
-        finally:
-            self._grad_norm = None
-        return loss
 
     def _global_grad_norm(self) -> Tensor | None:
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None and not p.grad.is_sparse]
