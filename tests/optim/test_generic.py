@@ -126,7 +126,7 @@ def bad_values(rng):
 BAD = [
     (name, key, value)
     for name in NAMES
-    for key, rng in {**gw.get(name).ranges, **gw.get(name).engine_ranges}.items()
+    for key, rng in gw.get(name).all_ranges().items()
     for value in bad_values(rng)
 ]
 

@@ -17,7 +17,7 @@ import difflib
 import inspect
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -37,10 +37,63 @@ def _no_state(p: Tensor) -> dict[str, Tensor]:
 
 
 class Transform(NamedTuple):
-    """One idea of an optimizer: `init(p)` allocates its state, `update(u, p, s, t)` maps the update."""
+    """One idea of an optimizer: `init(p)` allocates its state, `update(u, p, s, t)` maps the update.
+
+    `writes=True` marks the step: the transform that moves the parameter along the gradient-based update
+    (weight decay and other writes that are not the step leave it False). Engine options that act on the
+    step itself, such as the cautious mask, find it by this mark.
+    """
 
     update: UpdateFn
     init: InitFn = _no_state
+    writes: bool = False
+
+
+class Storage(Protocol):
+    """How the state tensors of one param group are kept between steps (see `gradwise.state`).
+
+    `init` converts freshly allocated state to the stored form; `open` returns the working state the
+    transforms read and write (float tensors); `close` writes a working state back to the stored form.
+    """
+
+    def init(self, p: Tensor, state: State) -> None: ...
+
+    def open(self, p: Tensor, state: State) -> State: ...
+
+    def close(self, p: Tensor, state: State, work: State) -> None: ...
+
+
+Work = list[tuple[dict[str, Any], list[Tensor]]]
+
+
+class EngineOption(NamedTuple):
+    """An option every ChainOptimizer accepts, contributed by a module above `core` (gradwise.transforms,
+    gradwise.state) through `extend`, so that core never imports them.
+
+    defaults/ranges: the per-group hyper-parameters it adds (validated like the optimizer's own).
+    prepare(optimizer, work) -> context: once per step, after the non-finite check (e.g. a global norm).
+    wrap(h, chain, context) -> chain: rewrites one group's chain (prepend a filter, mask the step, ...).
+    storage(h) -> Storage | None: the state storage of a group, if this option decides it.
+    """
+
+    name: str
+    defaults: dict[str, Any]
+    ranges: dict[str, Range]
+    prepare: Callable[[Any, Work], Any] | None = None
+    wrap: Callable[[SimpleNamespace, tuple[Transform, ...], Any], tuple[Transform, ...]] | None = None
+    storage: Callable[[SimpleNamespace], Storage | None] | None = None
+
+
+_EXTENSIONS: dict[str, EngineOption] = {}
+
+
+def extend(option: EngineOption) -> None:
+    """Add an option to every ChainOptimizer (idempotent per name; the last registration wins)."""
+    _EXTENSIONS[option.name] = option
+
+
+def engine_options() -> list[EngineOption]:
+    return list(_EXTENSIONS.values())
 
 
 def zeros_state(*names: str) -> InitFn:
@@ -52,7 +105,16 @@ def zeros_state(*names: str) -> InitFn:
     return init
 
 
-class ChainOptimizer(torch.optim.Optimizer):
+class _HyperSignature(type):
+    """Gives each optimizer class the signature help() and IDEs show, built from its hyper-parameters and
+    the engine options registered at the time it is asked for."""
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        return cls._signature()
+
+
+class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
     """Base class of every gradwise optimizer: a chain of transforms run per parameter.
 
     Engine options shared by every optimizer:
@@ -71,20 +133,37 @@ class ChainOptimizer(torch.optim.Optimizer):
     engine_defaults: ClassVar[dict[str, Any]] = {"maximize": False}
     engine_ranges: ClassVar[dict[str, Range]] = {"maximize": Flag()}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        hyper = {**cls.defaults, **cls.engine_defaults}
-        parameters = [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    keyword_only: ClassVar[dict[str, Any]] = {"nonfinite": "skip"}
+
+    @classmethod
+    def all_defaults(cls) -> dict[str, Any]:
+        """Every per-group hyper-parameter with its default: the optimizer's, then the engine's options."""
+        merged = {**cls.defaults, **cls.engine_defaults}
+        for option in engine_options():
+            merged.update(option.defaults)
+        return merged
+
+    @classmethod
+    def all_ranges(cls) -> dict[str, Range]:
+        merged = {**cls.ranges, **cls.engine_ranges}
+        for option in engine_options():
+            merged.update(option.ranges)
+        return merged
+
+    @classmethod
+    def _signature(cls) -> inspect.Signature:
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        parameters = [inspect.Parameter("params", kind)]
+        parameters += [inspect.Parameter(name, kind, default=value) for name, value in cls.all_defaults().items()]
         parameters += [
-            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value)
-            for name, value in hyper.items()
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value)
+            for name, value in cls.keyword_only.items()
         ]
-        parameters.append(inspect.Parameter("nonfinite", inspect.Parameter.KEYWORD_ONLY, default="skip"))
-        cls.__signature__ = inspect.Signature(parameters)  # what help() and IDEs show
+        return inspect.Signature(parameters)
 
     def __init__(self, params: Iterable[Any], *args: Any, nonfinite: str = "skip", **hyper: Any) -> None:
         name = type(self).__name__
-        accepted = {**type(self).defaults, **self.engine_defaults}
+        accepted = type(self).all_defaults()
         if len(args) > len(accepted):
             raise TypeError(f"{name} takes at most {len(accepted)} positional hyper-parameters, got {len(args)}")
         for key, value in zip(accepted, args, strict=False):
@@ -122,7 +201,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                         f"{type(self).__name__} optimizes floating-point tensors only: parameter {index}"
                         f"{where} has dtype {p.dtype}"
                     )
-            for key, rng in {**self.ranges, **self.engine_ranges}.items():
+            for key, rng in type(self).all_ranges().items():
                 group[key] = rng.check(key + where, group[key])
         except (TypeError, ValueError):
             self.param_groups.pop()
@@ -140,20 +219,33 @@ class ChainOptimizer(torch.optim.Optimizer):
             self.skipped_steps += 1
             return loss
         self.prepare(work)
+        options = engine_options()
+        contexts = [option.prepare(self, work) if option.prepare else None for option in options]
         for group, params in work:
             if not params:
                 continue
             h = hyper_parameters(group)
             chain = self.chain(h)
+            storage = None
+            for option, context in zip(options, contexts, strict=True):
+                if option.wrap is not None:
+                    chain = option.wrap(h, chain, context)
+                if storage is None and option.storage is not None:
+                    storage = option.storage(h)
             for p in params:
                 state = self.state[p]
                 if "step" not in state:
                     self._init_state(p, state, chain)
+                    if storage is not None:
+                        storage.init(p, state)
                 state["step"] += 1
                 t = float(state["step"])
+                s = state if storage is None else storage.open(p, state)
                 u = -p.grad if h.maximize else p.grad
                 for transform in chain:
-                    u = transform.update(u, p, state, t)
+                    u = transform.update(u, p, s, t)
+                if storage is not None:
+                    storage.close(p, state, s)
         return loss
 
     def _init_state(self, p: Tensor, state: State, chain: tuple[Transform, ...]) -> None:
@@ -182,14 +274,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         if not grads:
             return True
         device = grads[0].device
-        peaks = torch.stack(
-            [torch.linalg.vector_norm(g, float("inf")).to(device=device, dtype=torch.float32) for g in grads]
-        )
+        # min and max of each gradient in one pass: both finite exactly when every element is finite
+        # (a NaN propagates into both); cheaper than a norm, which squares or takes abs first.
+        peaks = torch.stack([torch.stack(torch.aminmax(g)).to(device=device, dtype=torch.float32) for g in grads])
         finite = torch.isfinite(peaks)
         if bool(finite.all()):
             return True
         if self.nonfinite == "raise":
-            bad = grads[int((~finite).nonzero()[0])]
+            bad = grads[int((~finite.all(dim=1)).nonzero()[0])]
             for gi, (group, _) in enumerate(work):
                 for pi, p in enumerate(group["params"]):
                     if p.grad is bad:
@@ -217,6 +309,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             if saved is not None:
                 self.state[p] = {k: _own_copy(v, p.device, k) for k, v in saved.items()}
         self.skipped_steps = int(state_dict.get("gradwise", {}).get("skipped_steps", 0))
+        # a checkpoint written before an engine option existed lacks its key: the option's default applies
+        for group in self.param_groups:
+            for key, value in type(self).all_defaults().items():
+                group.setdefault(key, value)
 
 
 def _own_copy(value: Any, device: torch.device, key: str) -> Any:

@@ -24,7 +24,6 @@ nothing else draws from it in between: the sampler never touches the global RNG 
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Iterable
 from types import SimpleNamespace
@@ -42,11 +41,7 @@ from ..transforms.steps import sgd_step
 class LangevinSampler(ChainOptimizer):
     """Base of the samplers: adds the keyword-only `generator` option and saves its state."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        parameters = list(cls.__signature__.parameters.values())
-        parameters.append(inspect.Parameter("generator", inspect.Parameter.KEYWORD_ONLY, default=None))
-        cls.__signature__ = inspect.Signature(parameters)
+    keyword_only = {**ChainOptimizer.keyword_only, "generator": None}
 
     def __init__(
         self,
