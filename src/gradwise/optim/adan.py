@@ -9,29 +9,9 @@ import torch
 from torch import Tensor
 
 from ..core import Betas, ChainOptimizer, Flag, NonNegative, Transform, register
-from ..transforms.decay import weight_decay
+from ..transforms.decay import proximal_weight_decay, scale_by, weight_decay
 from ..transforms.moments import first_moment, second_moment
 from ..transforms.nesterov import nesterov_adaptive_step, nesterov_gradient
-
-
-def proximal_weight_decay(lr: float, rate: float) -> Transform:
-    """p <- p / (1 + lr * rate): the proximal step of the L2 penalty, applied after the update."""
-
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        if rate != 0:
-            p.div_(1 + lr * rate)
-        return u
-
-    return Transform(update)
-
-
-def scale_by(factor: Tensor) -> Transform:
-    """u <- factor * u, for a scalar tensor computed once per step (here: global-norm clipping)."""
-
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        return u * factor.to(u.device)
-
-    return Transform(update)
 
 
 @register(

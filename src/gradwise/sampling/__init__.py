@@ -3,8 +3,9 @@
 `gradwise.sampling.diffusion.sample` is the entry point; see its module docstring for the contract.
 """
 
-from . import adapters, diffusion, schedules, testbed
+from . import adapters, collect, diffusion, schedules, testbed
 from .adapters import prediction_denoiser, sigma_to_timestep, vp_discrete_denoiser
+from .collect import SampleCollector, gaussian_neg_log_prior, neg_log_posterior
 from .diffusion import DenoiserError, SampleResult, methods, sample, steps_for_nfe
 from .schedules import (
     ddpm_alphas_cumprod,
@@ -24,6 +25,7 @@ from .testbed import (
 )
 
 __all__ = [
+    "SampleCollector", "collect", "gaussian_neg_log_prior", "neg_log_posterior",
     "DenoiserError", "GaussianMixture", "SampleQuality", "SampleResult", "adapters", "ddpm_alphas_cumprod",
     "diffusion", "easy_mixture", "high_dim_mixture", "ill_conditioned_mixture", "karras_sigmas",
     "log_snr_sigmas", "methods", "prediction_denoiser", "sample", "schedules", "sigma_to_timestep",
