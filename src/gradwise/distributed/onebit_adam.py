@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..core import Betas, Integer, NonNegative
+from ..core import NONFINITE_POLICIES, Betas, Integer, NonNegative, OneOf
 from .comm import all_gather_bytes, as_bytes, from_bytes, guarded, pack_signs, signs, unpack_signs, world_of
 
 _RANGES = dict(lr=NonNegative, betas=Betas(2), eps=NonNegative, weight_decay=NonNegative)
@@ -38,7 +38,14 @@ class OneBitAdam(torch.optim.Optimizer):
     instead of 4 (float32). As in the authors' DeepSpeed implementation, neither moment is bias
     corrected and weight decay is added to the update. Every parameter takes part in every step (a
     missing gradient counts as zero), all parameters share one dtype and device, and all ranks must
-    call `step` together. `bytes_sent` counts the bytes this rank hands to its collectives.
+    call `step` together. `bytes_sent` counts the bytes this rank hands to its collectives (payloads;
+    the 4-byte non-finite flag below is not counted).
+
+    nonfinite ("skip" | "raise" | "ignore", default "skip"), as every gradwise optimizer: the ranks agree
+    (one all-reduce of a single flag per step) whether any rank's gradient holds NaN or infinity; if so,
+    "skip" leaves parameters, moments and error buffers untouched on every rank and counts the step in
+    `skipped_steps`, "raise" raises FloatingPointError on every rank, and "ignore" removes the check.
+    One rank's bad batch would otherwise reach every replica through the averaged momentum.
 
     Defaults: DeepSpeed's OnebitAdam (lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
     freeze_step=100000); the paper warms up for about 15-25 % of training. Tang, Gan, Awan, Rajbhandari,
@@ -55,7 +62,11 @@ class OneBitAdam(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         freeze_step: int = 100000,
         process_group: dist.ProcessGroup | None = None,
+        *,
+        nonfinite: str = "skip",
     ) -> None:
+        self.nonfinite = OneOf(NONFINITE_POLICIES).check("nonfinite", nonfinite)
+        self.skipped_steps = 0
         self.freeze_step = Integer(0).check("freeze_step", freeze_step)
         self.process_group = process_group
         self.bytes_sent = 0
@@ -89,6 +100,14 @@ class OneBitAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = self._all()
+        if self.nonfinite != "ignore" and not self._all_ranks_finite(work):
+            if self.nonfinite == "raise":
+                raise FloatingPointError(
+                    f"OneBitAdam: a non-finite gradient on at least one rank at step {self._step + 1}; "
+                    f"nonfinite='raise'. Use nonfinite='skip' to skip such steps on every rank"
+                )
+            self.skipped_steps += 1
+            return loss
         self._step += 1
         for _, p in work:
             state = self.state[p]
@@ -118,6 +137,16 @@ class OneBitAdam(torch.optim.Optimizer):
         return loss
 
     # -- communication -------------------------------------------------------------------------------
+    def _all_ranks_finite(self, work: list[tuple[dict[str, Any], Tensor]]) -> bool:
+        """Whether every gradient on every rank is finite: a local check, then one MIN all-reduce."""
+        grads = [p.grad for _, p in work if p.grad is not None and p.grad.numel() > 0]
+        device = work[0][1].device if work else torch.device("cpu")
+        local = all(bool(torch.isfinite(torch.stack(torch.aminmax(g))).all()) for g in grads)
+        flag = torch.tensor([1.0 if local else 0.0], device=device)
+        with guarded(f"OneBitAdam non-finite check at step {self._step + 1}", self.process_group):
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.process_group)
+        return bool(flag.item() == 1.0)
+
     def _averaged(self, grads: list[Tensor]) -> list[Tensor]:
         """The gradients averaged over the ranks: one all-reduce (SUM, then divide)."""
         _, world = world_of(self.process_group)
@@ -184,7 +213,8 @@ class OneBitAdam(torch.optim.Optimizer):
     # -- saving and loading --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["onebit"] = {"step": self._step, "bytes_sent": self.bytes_sent, "server_error": self._server_error}
+        sd["onebit"] = {"step": self._step, "bytes_sent": self.bytes_sent, "server_error": self._server_error,
+                        "skipped_steps": self.skipped_steps}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -192,6 +222,7 @@ class OneBitAdam(torch.optim.Optimizer):
         extra = state_dict.get("onebit", {})
         self._step = int(extra.get("step", 0))
         self.bytes_sent = int(extra.get("bytes_sent", 0))
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
         server_error = extra.get("server_error")
         self._server_error = None if server_error is None else server_error.detach().clone()
 
