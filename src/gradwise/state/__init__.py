@@ -1,0 +1,58 @@
+"""Memory-lean optimizer state: an engine option of every gradwise optimizer.
+
+Per-group hyper-parameters it adds:
+  state_bits (32 | 8, default 32): 8 keeps each state tensor of the parameter's shape as uint8 codes of the
+    dynamic map with one float32 absmax per block (Dettmers et al., 2022, "8-bit Optimizers via Block-wise
+    Quantization"): about 1 byte per value instead of 4 (AdamW: about 2 bytes of state per parameter
+    instead of 8). The transforms still compute in the parameter's dtype: each step dequantizes, updates
+    and quantizes again (see `gradwise.state.storage`).
+  state_block (integer >= 64, default 2048): values per block, the paper's block size.
+  state_min_size (integer >= 0, default 4096): parameters with fewer elements keep full-precision state,
+    as in the paper's implementation (small tensors save little and are often sensitive: biases, norms).
+  state_dtype (None or a torch floating dtype, default None): keep the state tensors that are not
+    quantized in this dtype (e.g. torch.bfloat16: 2 bytes per value), rounded to nearest.
+
+With the defaults (32 bits, no dtype) the option does nothing and the state is exactly torch's.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from ..core.engine import EngineOption, Storage, extend
+from ..core.validation import Integer, OneOf, Optional
+from .quantize import dequantize, dynamic_map, max_error, quantize
+from .storage import NON_NEGATIVE, FloatStorage, QuantizedStorage
+
+__all__ = [
+    "NON_NEGATIVE", "STATE", "FloatStorage", "QuantizedStorage", "dequantize", "dynamic_map", "max_error",
+    "quantize", "storage",
+]
+
+STATE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+def storage(h: SimpleNamespace) -> Storage | None:
+    """The storage a param group's hyper-parameters ask for, or None for the plain state."""
+    if h.state_bits == 8:
+        return QuantizedStorage(block=h.state_block, min_size=h.state_min_size, dtype=h.state_dtype)
+    if h.state_dtype is not None:
+        return FloatStorage(h.state_dtype)
+    return None
+
+
+STATE = EngineOption(
+    name="state",
+    defaults=dict(state_bits=32, state_block=2048, state_min_size=4096, state_dtype=None),
+    ranges=dict(
+        state_bits=OneOf((32, 8)),
+        state_block=Integer(64),
+        state_min_size=Integer(0),
+        state_dtype=Optional(OneOf(STATE_DTYPES)),
+    ),
+    storage=storage,
+)
+
+extend(STATE)

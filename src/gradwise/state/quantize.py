@@ -1,0 +1,107 @@
+"""Block-wise 8-bit quantization with the dynamic (tree) code map of Dettmers et al. (2022).
+
+Reference: T. Dettmers, M. Lewis, S. Shleifer, L. Zettlemoyer, "8-bit Optimizers via Block-wise
+Quantization", ICLR 2022.
+
+The code map. A signed code is read from the most significant bit: one sign bit, then a run of E zero
+bits, then a single one bit (the indicator that ends the exponent), then the remaining F bits, which are a
+linear fraction. The value is sign * 10^-E * f, where f splits (0.1, 1] into 2^F equal steps and takes
+their right ends, so the largest code is exactly 1 and the absmax of a block is stored without error. A
+code whose bits after the sign are all zero is 0. The unsigned map (for moments that are never negative,
+such as Adam's second moment) has no sign bit and so one more bit for exponent and fraction. With 8 bits:
+
+  signed:   E = 0..6, F = 6 - E; largest gap between neighbouring codes 0.9 / 64  (top decade)
+  unsigned: E = 0..7, F = 7 - E; largest gap between neighbouring codes 0.9 / 128 (top decade)
+
+so rounding to the nearest code errs by at most half of that gap times the block's absmax
+(`max_error(signed)`). Small magnitudes keep their relative precision down to 1e-6 (signed) or 1e-7
+(unsigned) of the block's absmax; anything smaller rounds to 0 or to the smallest code.
+
+Block-wise: a tensor is cut, in memory order, into blocks of `block` values (the last one padded), each
+scaled by its own float32 absmax into [-1, 1] and rounded to the nearest code (`torch.bucketize` on the
+midpoints between codes). A stored tensor is the uint8 code indices plus one float32 per block.
+
+Non-finite input: NaN and infinities have no code. A block holding any of them is stored with a NaN
+scale, so every value of that block reads back as NaN: the damage stays visible and stays inside the
+block instead of silently clipping to a finite number. (Optimizers keep non-finite values out of their
+state with `nonfinite="skip"`, the default.)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+__all__ = ["dequantize", "dynamic_map", "max_error", "quantize"]
+
+
+@functools.cache
+def _dynamic_values(signed: bool, bits: int) -> tuple[float, ...]:
+    magnitude_bits = bits - 1 if signed else bits
+    values = {0.0}
+    for zeros in range(magnitude_bits):  # E zero bits, then the indicator bit, then F fraction bits
+        fraction_bits = magnitude_bits - 1 - zeros
+        steps = 2**fraction_bits
+        for k in range(1, steps + 1):
+            value = 10.0**-zeros * (0.1 + 0.9 * k / steps)
+            values.add(value)
+            if signed:
+                values.add(-value)
+    return tuple(sorted(values))
+
+
+def dynamic_map(signed: bool, bits: int = 8) -> Tensor:
+    """The sorted distinct values of the dynamic code map (float32, in [-1, 1] or [0, 1]).
+
+    Signed: 255 values (the +0 and -0 codes coincide); unsigned: 256 values."""
+    return torch.tensor(_dynamic_values(signed, bits), dtype=torch.float32)
+
+
+def max_error(signed: bool, bits: int = 8) -> float:
+    """The largest rounding error of one value, as a fraction of its block's absmax: half the widest gap."""
+    values = dynamic_map(signed, bits)
+    return float((values[1:] - values[:-1]).max()) / 2
+
+
+@functools.cache
+def _tables(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+    values = dynamic_map(signed).to(device)
+    return values, (values[1:] + values[:-1]) / 2
+
+
+def quantize(x: Tensor, block: int, signed: bool = True) -> tuple[Tensor, Tensor]:
+    """Round `x` block-wise to the dynamic map: (uint8 codes shaped like x, float32 absmax per block).
+
+    `signed=False` is for tensors that are never negative; negative values then round to 0."""
+    if block < 1:
+        raise ValueError(f"block must be a positive integer, got {block}")
+    n = x.numel()
+    blocks = -(-n // block)
+    flat = x.detach().reshape(-1).to(torch.float32)
+    if blocks * block != n:
+        flat = torch.cat([flat, flat.new_zeros(blocks * block - n)])
+    rows = flat.view(blocks, block)
+    absmax = rows.abs().amax(dim=1) if n else flat.new_zeros(0)
+    finite = torch.isfinite(rows).all(dim=1)
+    absmax = torch.where(finite, absmax, torch.full_like(absmax, float("nan")))
+    scale = torch.where(finite & (absmax > 0), absmax, torch.ones_like(absmax))
+    normalized = torch.nan_to_num(rows / scale[:, None], nan=0.0, posinf=1.0, neginf=-1.0).clamp_(-1.0, 1.0)
+    _, midpoints = _tables(signed, x.device)
+    codes = torch.bucketize(normalized, midpoints).to(torch.uint8)
+    return codes.view(-1)[:n].view(x.shape), absmax
+
+
+def dequantize(
+    codes: Tensor, absmax: Tensor, block: int, signed: bool = True, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """The values that `quantize` stored, as a new tensor of `dtype` shaped like `codes`."""
+    n = codes.numel()
+    values, _ = _tables(signed, codes.device)
+    flat = values[codes.reshape(-1).long()]
+    blocks = absmax.numel()
+    if blocks * block != n:
+        flat = torch.cat([flat, flat.new_zeros(blocks * block - n)])
+    out = flat.view(blocks, block) * absmax.to(torch.float32)[:, None]
+    return out.view(-1)[:n].to(dtype).view(codes.shape)
