@@ -39,7 +39,7 @@ def _bias_corrected_step(lr: float, beta1: float) -> Transform:
         p.add_(u, alpha=-lr / (1 - beta1**t))
         return u
 
-    return Transform(update)
+    return Transform(update, writes=True)
 
 
 @register("adamp", paper=PAPER, year=2021, oracle="adamp.AdamP (PyPI adamp 0.3.0)")

@@ -26,7 +26,7 @@ def folded_adam_step(lr: float, beta1: float, beta2: float, eps: float, second: 
         p.addcdiv_(u, s[second].sqrt().add_(eps), value=-step_size)
         return u
 
-    return Transform(update)
+    return Transform(update, writes=True)
 
 
 @register("diffgrad", paper="Dubey et al., diffGrad: An Optimization Method for Convolutional Neural Networks",

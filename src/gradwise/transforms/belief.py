@@ -64,4 +64,4 @@ def rectified_step(
         p.addcdiv_(s[first], s[second].sqrt().add_(eps), value=-step_size)
         return u
 
-    return Transform(update)
+    return Transform(update, writes=True)

@@ -55,4 +55,4 @@ def nesterov_adaptive_step(
         p.addcdiv_(s[diff], denom, value=-lr * beta2 / (1 - beta2**t))
         return u
 
-    return Transform(update)
+    return Transform(update, writes=True)

@@ -38,7 +38,7 @@ def langevin_step(lr: float, temperature: float = 1.0, generator: torch.Generato
         p.add_(u, alpha=-lr).add_(noise, alpha=scale)
         return u
 
-    return Transform(update)
+    return Transform(update, writes=True)
 
 
 def preconditioned_langevin_step(
@@ -61,7 +61,7 @@ def preconditioned_langevin_step(
         p.addcmul_(precondition, u, value=-lr).add_(noise)
         return u
 
-    return Transform(update)
+    return Transform(update, writes=True)
 
 
 def sghmc_friction(

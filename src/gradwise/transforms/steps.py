@@ -19,7 +19,7 @@ def adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "
         p.addcdiv_(s["exp_avg"], denom, value=-step_size)
         return u
 
-    return Transform(update)
+    return Transform(update, writes=True)
 
 
 def sgd_step(lr: float) -> Transform:
@@ -29,4 +29,4 @@ def sgd_step(lr: float) -> Transform:
         p.add_(u, alpha=-lr)
         return u
 
-    return Transform(update)
+    return Transform(update, writes=True)
