@@ -80,5 +80,5 @@ class ADOPT(ChainOptimizer):
         return (
             _after_first_step(decay) if h.decouple else decay,
             adopt_momentum(beta1, beta2, h.eps, h.clip_exp),
-            sgd_step(h.lr)._replace(writes=True),
+            sgd_step(h.lr),
         )

@@ -33,5 +33,5 @@ class Lion(ChainOptimizer):
         return (
             weight_decay(h.lr, h.weight_decay),
             sign_momentum(beta1, beta2),
-            sgd_step(h.lr)._replace(writes=True),
+            sgd_step(h.lr),
         )

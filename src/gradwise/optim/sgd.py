@@ -46,5 +46,5 @@ class SGD(ChainOptimizer):
         return (
             weight_decay(h.lr, h.weight_decay, decoupled=False),
             *momentum,
-            sgd_step(h.lr)._replace(writes=True),
+            sgd_step(h.lr),
         )
