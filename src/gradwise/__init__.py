@@ -2,13 +2,13 @@
 
 __version__ = "0.1.0"
 
-from . import averaging, core, optim, sampling, transforms  # noqa: E402
+from . import averaging, core, optim, sampling, state, transforms  # noqa: E402
 from .core import ChainOptimizer, Transform, available, create, entries, get, register  # noqa: E402
 from .optim import *  # noqa: E402,F401,F403
 from .optim import __all__ as _optimizers  # noqa: E402
 
 __all__ = [
     "ChainOptimizer", "Transform", "available", "averaging", "core", "create", "entries", "get", "optim", "register",
-    "sampling",
+    "sampling", "state",
     "transforms", *_optimizers,
 ]
