@@ -11,8 +11,23 @@ from . import cautious as _cautious  # noqa: F401
 from . import grokfast as _grokfast  # noqa: F401
 from . import clipping as _clipping  # noqa: F401
 # isort: on
-from .decay import weight_decay
+from .belief import belief_second_moment, rectified_step
+from .bounds import bounded_adam_step, dynamic_bounds
+from .decay import proximal_weight_decay, scale_by, weight_decay
+from .factored import clip_by_rms, factored_second_moment, relative_step_size
+from .friction import diff_friction
 from .moments import first_moment, running_max, second_moment
+from .momentum import heavy_ball
+from .nesterov import nesterov_adaptive_step, nesterov_gradient
+from .noise import langevin_step, preconditioned_langevin_step, sghmc_friction
+from .projection import radial_projection
+from .sign import sign_momentum
 from .steps import adam_step, sgd_step
 
-__all__ = ["adam_step", "first_moment", "running_max", "second_moment", "sgd_step", "weight_decay"]
+__all__ = [
+    "adam_step", "belief_second_moment", "bounded_adam_step", "clip_by_rms", "diff_friction", "dynamic_bounds",
+    "factored_second_moment", "first_moment", "heavy_ball", "langevin_step", "nesterov_adaptive_step",
+    "nesterov_gradient", "preconditioned_langevin_step", "proximal_weight_decay", "radial_projection",
+    "relative_step_size", "rectified_step", "running_max", "scale_by", "second_moment", "sghmc_friction",
+    "sgd_step", "sign_momentum", "weight_decay",
+]
