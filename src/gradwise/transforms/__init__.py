@@ -22,11 +22,12 @@ from .nesterov import nesterov_adaptive_step, nesterov_gradient
 from .noise import langevin_step, preconditioned_langevin_step, sghmc_friction
 from .projection import radial_projection
 from .sign import sign_momentum
-from .steps import adam_step, sgd_step
+from .steps import adam_step, folded_adam_step, sgd_step
 
 __all__ = [
     "adam_step", "belief_second_moment", "bounded_adam_step", "clip_by_rms", "diff_friction", "dynamic_bounds",
-    "factored_second_moment", "first_moment", "heavy_ball", "langevin_step", "nesterov_adaptive_step",
+    "factored_second_moment", "first_moment", "folded_adam_step", "heavy_ball", "langevin_step",
+    "nesterov_adaptive_step",
     "nesterov_gradient", "preconditioned_langevin_step", "proximal_weight_decay", "radial_projection",
     "relative_step_size", "rectified_step", "running_max", "scale_by", "second_moment", "sghmc_friction",
     "sgd_step", "sign_momentum", "weight_decay",

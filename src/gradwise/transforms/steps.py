@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from ..core import Transform
@@ -27,6 +29,22 @@ def sgd_step(lr: float) -> Transform:
 
     def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
         p.add_(u, alpha=-lr)
+        return u
+
+    return Transform(update, writes=True)
+
+
+def folded_adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "exp_avg_sq") -> Transform:
+    """p <- p - lr sqrt(1 - beta2^t) / (1 - beta1^t) u / (sqrt(v) + eps), v = state[second].
+
+    Adam's step in the "more efficient" order of Kingma & Ba (2015), Section 2: both bias corrections
+    are folded into the step size, so eps is added to the uncorrected sqrt(v). The direction is the
+    incoming update u (for diffGrad, the friction-damped momentum), not state["exp_avg"].
+    """
+
+    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+        step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        p.addcdiv_(u, s[second].sqrt().add_(eps), value=-step_size)
         return u
 
     return Transform(update, writes=True)
