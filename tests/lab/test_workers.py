@@ -102,4 +102,7 @@ def test_two_workers_share_a_plan_one_is_killed_and_no_run_is_repeated(backend, 
     survivor = f"{runner.socket.gethostname()}:{workers[1].pid}"
     assert owners[victim] >= 2 and owners[survivor] >= 1, owners
     assert sum(owners.values()) == len(plan.problems) * len(plan.optimizers) * (plan.trials + plan.seeds)
-    assert set(failed) <= {victim, survivor}, failed  # the killed claim (if any) and lost races only
+    # the killed claim (if any), lost races, and at most one trial the victim asked for but was killed before
+    # claiming (no owner recorded: the runner fails it as stale, see runner.is_stale)
+    assert set(failed) <= {victim, survivor, None}, failed
+    assert failed[None] <= 1, failed
