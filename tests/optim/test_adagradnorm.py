@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from oracle_problem import make_problem, trajectory, worst_relative_difference
 
 import gradwise as gw
 from gradwise.optim.adagradnorm import AdaGradNorm
@@ -41,45 +42,6 @@ class ReferenceAdaGradNorm:
                 else:
                     b = math.sqrt(before if self.late_b else self.b_sq)
                 p.copy_(p - lr / b * p.grad)
-
-
-def make_problem(seed: int = 0, dtype=DT):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(40, 4, generator=g, dtype=dtype)
-    y = torch.sin(2 * x[:, :1]) * torch.cos(x[:, 1:2]) + 0.1 * x[:, 2:3]
-    init = [
-        0.6 * torch.randn(4, 10, generator=g, dtype=dtype),
-        0.1 * torch.randn(10, generator=g, dtype=dtype),
-        0.6 * torch.randn(10, 1, generator=g, dtype=dtype),
-    ]
-
-    def loss_fn(params):
-        w1, b1, w2 = params
-        return ((torch.tanh(x @ w1 + b1) @ w2 - y) ** 2).mean()
-
-    return init, loss_fn
-
-
-def trajectory(make_opt, steps: int, seed: int = 0):
-    init, loss_fn = make_problem(seed)
-    params = [torch.nn.Parameter(w.clone()) for w in init]
-    opt = make_opt(params)
-    out = []
-    for _ in range(steps):
-        for p in params:
-            p.grad = None
-        loss_fn(params).backward()
-        opt.step()
-        out.append([p.detach().clone() for p in params])
-    return out, init
-
-
-def worst_relative_difference(ours, theirs) -> float:
-    worst = 0.0
-    for step_ours, step_theirs in zip(ours, theirs, strict=True):
-        for a, b in zip(step_ours, step_theirs, strict=True):
-            worst = max(worst, float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()))
-    return worst
 
 
 def ours_grouped(lrs, b0):

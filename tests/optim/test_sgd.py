@@ -6,43 +6,12 @@ import itertools
 
 import pytest
 import torch
+from oracle_problem import trajectory, worst_difference
 
 import gradwise as gw
 from gradwise.optim.sgd import SGD
 
 DT = torch.float64
-
-
-def make_problem(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(48, 5, generator=g, dtype=DT)
-    y = torch.sin(2 * x[:, :1]) * torch.cos(x[:, 1:2]) + 0.1 * x[:, 2:3]
-    init = [0.6 * torch.randn(5, 12, generator=g, dtype=DT), 0.1 * torch.randn(12, generator=g, dtype=DT),
-            0.6 * torch.randn(12, 1, generator=g, dtype=DT)]
-
-    def loss_fn(params):
-        w1, b1, w2 = params
-        return ((torch.tanh(x @ w1 + b1) @ w2 - y) ** 2).mean()
-
-    return init, loss_fn
-
-
-def trajectory(make_opt, steps: int = 40, seed: int = 0):
-    init, loss_fn = make_problem(seed)
-    params = [torch.nn.Parameter(w.clone()) for w in init]
-    opt = make_opt(params)
-    out = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn(params).backward()
-        opt.step()
-        out.append([p.detach().clone() for p in params])
-    return out, init
-
-
-def worst_difference(ours, theirs) -> float:
-    return max(float((a - b).abs().max()) for so, st in zip(ours, theirs, strict=True)
-               for a, b in zip(so, st, strict=True))
 
 
 CASES = [
