@@ -5,10 +5,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..core import Betas, ChainOptimizer, Flag, NonNegative, Transform, register
+from ..transforms.clipping import global_grad_norm
 from ..transforms.decay import proximal_weight_decay, scale_by, weight_decay
 from ..transforms.moments import first_moment, second_moment
 from ..transforms.nesterov import nesterov_adaptive_step, nesterov_gradient
@@ -53,16 +53,8 @@ class Adan(ChainOptimizer):
 
     def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
         clipping = any(group["max_grad_norm"] > 0 for group in self.param_groups)
-        self._grad_norm = self._global_grad_norm() if clipping else None
-
-    def _global_grad_norm(self) -> Tensor | None:
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None and not p.grad.is_sparse]
-        if not grads:
-            return None
-        dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
-        device = grads[0].device
-        norms = [torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, dtype)) for g in grads]
-        return torch.linalg.vector_norm(torch.stack([n.to(device=device, dtype=dtype) for n in norms]))
+        grads = [p.grad for _, params in work for p in params]
+        self._grad_norm = global_grad_norm(grads) if clipping and grads else None
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
         clip = ()
