@@ -51,7 +51,7 @@ def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform,
             before = p.detach().clone(memory_format=torch.preserve_format)
             out = step.update(u, p, s, t)
             delta = p - before
-            p.copy_(before.add_(delta * cautious_mask(delta, seen["grad"], mode)))
+            p.copy_(before.addcmul_(delta, cautious_mask(delta, seen["grad"], mode)))
             return out
 
         return Transform(update, step.init, writes=True)
