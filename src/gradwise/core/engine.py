@@ -28,6 +28,8 @@ from .validation import Flag, OneOf, Range
 State = dict[str, Any]
 UpdateFn = Callable[[Tensor, Tensor, State, float], Tensor]
 InitFn = Callable[[Tensor], dict[str, Tensor]]
+CoefficientsFn = Callable[[float], tuple[Any, ...]]
+KernelFn = Callable[[Tensor, Tensor, State, tuple[Any, ...]], Tensor]
 
 NONFINITE_POLICIES = ("skip", "raise", "ignore")
 
@@ -42,11 +44,46 @@ class Transform(NamedTuple):
     `writes=True` marks the step: the transform that moves the parameter along the gradient-based update
     (weight decay and other writes that are not the step leave it False). Engine options that act on the
     step itself, such as the cautious mask, find it by this mark.
+
+    The compiled engine needs each transform split in two (build it with `kernel_transform`):
+    `coefficients(t) -> tuple` is the host part, run once per step, which turns the step count and the
+    hyper-parameters into the numbers the update multiplies by (step sizes, bias corrections, 1 - beta);
+    `kernel(u, p, s, c)` is the tensor part, which receives those numbers as `c`. `update` is then
+    `kernel(u, p, s, coefficients(t))`, so eager and compiled run the same code: eager passes Python
+    floats, compiled passes 0-dim tensors, so that a changing lr or step never recompiles. A kernel
+    therefore captures no numbers (only state keys, flags and other kernels) and branches on a
+    coefficient with `torch.where`, never with `if`. `elementwise=True` says the kernel treats every
+    element on its own (no reduction over the tensor, no shape-dependent state), so that the compiled
+    engine may run it over many parameters concatenated into one flat buffer.
     """
 
     update: UpdateFn
     init: InitFn = _no_state
     writes: bool = False
+    coefficients: CoefficientsFn | None = None
+    kernel: KernelFn | None = None
+    elementwise: bool = False
+
+
+def no_coefficients(t: float) -> tuple[()]:
+    return ()
+
+
+def kernel_transform(
+    kernel: KernelFn,
+    coefficients: CoefficientsFn = no_coefficients,
+    init: InitFn = _no_state,
+    *,
+    writes: bool = False,
+    elementwise: bool = False,
+) -> Transform:
+    """A transform in the split form the compiled engine runs (see `Transform`); its eager `update` is
+    `kernel(u, p, s, coefficients(t))`."""
+
+    def update(u: Tensor, p: Tensor, s: State, t: float) -> Tensor:
+        return kernel(u, p, s, coefficients(t))
+
+    return Transform(update, init, writes, coefficients, kernel, elementwise)
 
 
 class Storage(Protocol):

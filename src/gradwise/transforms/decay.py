@@ -4,21 +4,29 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..core import Transform
+from ..core import Transform, kernel_transform
 
 
 def weight_decay(lr: float, rate: float, decoupled: bool = True) -> Transform:
     """Decoupled: p <- p (1 - lr * rate) (Loshchilov & Hutter, 2019). Coupled: u <- u + rate * p."""
+    if rate == 0:  # decided when the chain is built: the kernel never sees the number
+        return kernel_transform(_identity, elementwise=True)
+    if decoupled:
+        return kernel_transform(_decay_parameter, lambda t: (1 - lr * rate,), elementwise=True)
+    return kernel_transform(_decay_gradient, lambda t: (rate,), elementwise=True)
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        if rate == 0:
-            return u
-        if decoupled:
-            p.mul_(1 - lr * rate)
-            return u
-        return u.add(p, alpha=rate)
 
-    return Transform(update)
+def _identity(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    return u
+
+
+def _decay_parameter(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    p.mul_(c[0])
+    return u
+
+
+def _decay_gradient(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    return u.add(p, alpha=c[0])
 
 
 def proximal_weight_decay(lr: float, rate: float) -> Transform:

@@ -6,7 +6,7 @@ import math
 
 from torch import Tensor
 
-from ..core import Transform
+from ..core import Transform, kernel_transform
 
 
 def adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "exp_avg_sq") -> Transform:
@@ -15,23 +15,28 @@ def adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "
     Reads m from state["exp_avg"] and v from state[second] (for AMSGrad, the running maximum).
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        step_size = lr / (1 - beta1**t)
-        denom = (s[second].sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
-        p.addcdiv_(s["exp_avg"], denom, value=-step_size)
+    def coefficients(t: float) -> tuple[float, float, float]:
+        return (-lr / (1 - beta1**t), (1 - beta2**t) ** 0.5, eps)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        denom = (s[second].sqrt() / c[1]).add_(c[2])
+        p.addcdiv_(s["exp_avg"], denom, value=c[0])
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
 
 
 def sgd_step(lr: float) -> Transform:
     """p <- p - lr u."""
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        p.add_(u, alpha=-lr)
+    def coefficients(t: float) -> tuple[float]:
+        return (-lr,)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        p.add_(u, alpha=c[0])
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
 
 
 def folded_adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "exp_avg_sq") -> Transform:
