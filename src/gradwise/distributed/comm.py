@@ -10,6 +10,11 @@ Failure behaviour: a collective that fails because a peer process died (connecti
 answer within the process group's timeout (the `timeout=` of `torch.distributed.init_process_group`;
 30 minutes by default for gloo) is re-raised as `PeerFailure`, whose message names the operation, this
 rank, and the cause. `check_peers` is a monitored barrier that names the ranks that did not arrive.
+
+Checkpoints: `gather_checkpoint` collects every rank's own state (error-feedback residuals, local
+optimizer state) on the group's rank 0, so that one file written by rank 0 resumes all ranks;
+`own_part` picks this rank's entry back out of it and refuses a checkpoint written by a different
+number of ranks.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -117,3 +123,47 @@ def all_gather_bytes(
     out = payload.new_empty(world, payload.numel())
     work = dist.all_gather(list(out.unbind(0)), payload, group=group, async_op=async_op)
     return out, work
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+def to_cpu(obj: Any) -> Any:
+    """A copy of `obj` (nested dicts, lists, tuples) with every tensor detached and copied to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def gather_checkpoint(what: str, own: Any, group: dist.ProcessGroup | None) -> list[Any] | None:
+    """Every rank's `own` state, in rank order, on the group's rank 0 (None on the other ranks).
+
+    A collective: every rank of `group` must call it. Tensors travel as CPU copies (pickled by
+    `gather_object`); with NCCL, set each process's device (`torch.cuda.set_device`) first.
+    """
+    rank, world = world_of(group)
+    destination = dist.get_global_rank(group, 0) if group is not None else 0
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    with guarded(f"{what}: gathering every rank's state for a checkpoint", group):
+        dist.gather_object(to_cpu(own), gathered, dst=destination, group=group)
+    return gathered
+
+
+def own_part(what: str, checkpoint: Any, group: dist.ProcessGroup | None) -> Any:
+    """This rank's entry of `checkpoint["ranks"]`, after checking that the world sizes agree."""
+    rank, world = world_of(group)
+    if not isinstance(checkpoint, dict) or "ranks" not in checkpoint:
+        raise ValueError(
+            f"{what}.load_state_dict: not a gradwise.distributed checkpoint (no per-rank part). Save the "
+            f"state_dict() that rank 0 returns (the other ranks return an empty dict) and load that file on every rank"
+        )
+    saved = len(checkpoint["ranks"])
+    if saved != world:
+        raise ValueError(
+            f"{what}.load_state_dict: the checkpoint was written by a process group of world size {saved}, "
+            f"but this process group has world size {world}; per-rank state (error-feedback residuals, local "
+            f"optimizer state) cannot be redistributed: resume with {saved} processes"
+        )
+    return checkpoint["ranks"][rank]

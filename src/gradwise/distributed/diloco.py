@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..core import Beta, Flag, Integer, Interval
-from .comm import guarded, world_of
+from .comm import gather_checkpoint, guarded, own_part, to_cpu, world_of
 
 
 class DiLoCo:
@@ -34,6 +34,21 @@ class DiLoCo:
     Defaults: the paper's outer optimizer (Nesterov, lr 0.7, momentum 0.9); the paper uses AdamW inside
     and H = 500. Douillard et al., "DiLoCo: Distributed Low-Communication Training of Language Models",
     2023, arXiv:2311.08105.
+
+    Checkpoints: the inner optimizer's state and the local weights are each replica's own, so
+    `state_dict()` is a collective that gathers them on rank 0 (the other ranks get an empty dict).
+    Rank 0 saves one file; every rank of a new run of the same world size loads it and takes its part:
+
+        checkpoint = {"diloco": opt.state_dict()}            # on every rank (collective)
+        if dist.get_rank() == 0:
+            torch.save(checkpoint, path)
+        ...                                                 # fresh processes, every rank:
+        opt = DiLoCo(net, inner, ...)                       # same model, inner optimizer and world size
+        opt.load_state_dict(torch.load(path, weights_only=True)["diloco"])
+
+    `load_state_dict` also restores this rank's local weights (so saving between synchronisations is
+    fine); model buffers (batch-norm statistics) are the caller's. Resumed training is bit-identical to
+    uninterrupted training; a checkpoint from a different world size raises a ValueError naming both.
     """
 
     def __init__(
@@ -111,23 +126,44 @@ class DiLoCo:
 
     # -- saving and loading --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The whole group's state on rank 0 (an empty dict elsewhere); a collective, call it on every rank.
+
+        Shared (identical on every replica, taken from rank 0): the outer optimizer, the global weights
+        and the inner step count. Per rank, under "ranks": the inner optimizer's state, the local weights
+        (which differ between synchronisations) and the byte count.
+        """
+        own = {
             "inner": self.inner.state_dict(),
-            "outer": self.outer.state_dict(),
-            "global_params": [g.detach().clone() for g in self.global_params],
-            "inner_steps": self.inner_steps,
+            "local_params": [p.detach() for p in self.params],
             "bytes_sent": self.bytes_sent,
+        }
+        ranks = gather_checkpoint("DiLoCo", own, self.process_group)
+        if ranks is None:
+            return {}
+        return {
+            "outer": to_cpu(self.outer.state_dict()),
+            "global_params": to_cpu(self.global_params),
+            "inner_steps": self.inner_steps,
+            "ranks": ranks,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what `state_dict` saved; the model's own parameters are restored by the caller."""
-        self.inner.load_state_dict(state_dict["inner"])
+        """Restore this rank's part of a checkpoint that rank 0 saved, local weights included."""
+        mine = own_part("DiLoCo", state_dict, self.process_group)
+        if len(state_dict["global_params"]) != len(self.params):
+            raise ValueError(
+                f"DiLoCo.load_state_dict: the checkpoint holds {len(state_dict['global_params'])} parameters, "
+                f"the model has {len(self.params)}"
+            )
+        self.inner.load_state_dict(mine["inner"])
         self.outer.load_state_dict(state_dict["outer"])
         with torch.no_grad():
             for g, saved in zip(self.global_params, state_dict["global_params"], strict=True):
                 g.copy_(saved)
+            for p, saved in zip(self.params, mine["local_params"], strict=True):
+                p.copy_(saved)
         self.inner_steps = int(state_dict["inner_steps"])
-        self.bytes_sent = int(state_dict["bytes_sent"])
+        self.bytes_sent = int(mine["bytes_sent"])
 
 
 def _split_like(flat: Tensor, like: list[Tensor]) -> list[Tensor]:

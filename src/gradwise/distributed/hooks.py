@@ -29,17 +29,36 @@ Rebjock, Stich, Jaggi, "Error Feedback Fixes SignSGD and other Gradient Compress
 arXiv:1901.09847). For each parameter:
     c <- g + e;  scale <- mean |c|;  send (scale, sign(c)) as 1 bit per element;  e <- c - scale sign(c)
     grad <- (1 / N) sum over ranks of scale sign(c)
+
+Checkpoints: the residuals (and DGC's momentum) differ from rank to rank, so `state.state_dict(params)`
+is a collective that gathers every rank's buffers on rank 0; the other ranks get an empty dict. Rank 0
+saves one file; every rank of a new run, of the same world size, loads that file and takes its own part:
+
+    checkpoint = {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                  "hook": state.state_dict(net)}                 # on every rank (collective)
+    if dist.get_rank() == 0:
+        torch.save(checkpoint, path)
+    ...                                                           # later, fresh processes, every rank:
+    checkpoint = torch.load(path, weights_only=True)
+    net.load_state_dict(checkpoint["model"]); opt.load_state_dict(checkpoint["optimizer"])
+    state.load_state_dict(checkpoint["hook"], net)                # before the first backward
+    ddp = DistributedDataParallel(net); ddp.register_comm_hook(state, hook)
+
+`params` (a module, e.g. the DDP model or the one inside it, or the list of its parameters) names the
+buffers by position, so it must list the parameters in the same order when saving and loading.
+Training resumed this way is bit-identical to training that was never interrupted. Loading into a
+different world size raises a ValueError naming both sizes.
 """
 
 # No `from __future__ import annotations`: DDP checks the hooks' annotations at registration.
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 from torch.futures import Future
 
 from ..core import Flag, Integer, Interval, OneOf, Optional
@@ -49,6 +68,8 @@ from .comm import (
     as_bytes,
     failure_message,
     from_bytes,
+    gather_checkpoint,
+    own_part,
     pack_signs,
     signs,
     unpack_signs,
@@ -92,6 +113,58 @@ class CompressionState:
         if name not in slot:
             slot[name] = torch.zeros_like(like)
         return slot[name]
+
+    # -- saving and loading --------------------------------------------------------------------------
+    def state_dict(self, params: nn.Module | Iterable[Tensor]) -> dict[str, Any]:
+        """The whole group's hook state on rank 0 (an empty dict elsewhere); a collective, call it on every rank.
+
+        The shared part (kind, step count, dense byte count) comes from rank 0; under "ranks", entry r
+        holds rank r's buffers, keyed by the position of their parameter in `params`, and its byte count.
+        """
+        index = _positions(params)
+        unknown = [p for p in self.buffers if id(p) not in index]
+        if unknown:
+            raise ValueError(
+                f"CompressionState.state_dict: the hook holds state for {len(unknown)} tensor(s) that are not in "
+                f"`params`; pass the module whose gradients the hook compresses"
+            )
+        own = {
+            "buffers": {index[id(p)]: dict(slot) for p, slot in self.buffers.items()},
+            "bytes_sent": self.bytes_sent,
+        }
+        ranks = gather_checkpoint(f"{self.kind} compression hook", own, self.process_group)
+        if ranks is None:
+            return {}
+        return {"kind": self.kind, "step": self.step, "dense_bytes": self.dense_bytes, "ranks": ranks}
+
+    def load_state_dict(self, state_dict: dict[str, Any], params: nn.Module | Iterable[Tensor]) -> None:
+        """Restore this rank's part of a checkpoint that rank 0 saved; `params` in the same order as then."""
+        mine = own_part("CompressionState", state_dict, self.process_group)
+        if state_dict["kind"] != self.kind:
+            raise ValueError(
+                f"CompressionState.load_state_dict: the checkpoint holds {state_dict['kind']!r} hook state, "
+                f"this hook is {self.kind!r}"
+            )
+        by_position = list(params.parameters()) if isinstance(params, nn.Module) else list(params)
+        saved = mine["buffers"]
+        if saved and max(saved) >= len(by_position):
+            raise ValueError(
+                f"CompressionState.load_state_dict: the checkpoint holds state for parameter {max(saved)}, "
+                f"but `params` has only {len(by_position)}"
+            )
+        self.buffers = {
+            by_position[i]: {name: t.to(by_position[i].device, copy=True) for name, t in slot.items()}
+            for i, slot in saved.items()
+        }
+        self.step = int(state_dict["step"])
+        self.dense_bytes = int(state_dict["dense_bytes"])
+        self.bytes_sent = int(mine["bytes_sent"])
+
+
+def _positions(params: nn.Module | Iterable[Tensor]) -> dict[int, int]:
+    """id(parameter) -> its position in `params` (a module's parameters, or the given tensors)."""
+    tensors = params.parameters() if isinstance(params, nn.Module) else params
+    return {id(p): i for i, p in enumerate(tensors)}
 
 
 def compression_hook(

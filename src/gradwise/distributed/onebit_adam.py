@@ -11,7 +11,19 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..core import NONFINITE_POLICIES, Betas, Integer, NonNegative, OneOf
-from .comm import all_gather_bytes, as_bytes, from_bytes, guarded, pack_signs, signs, unpack_signs, world_of
+from .comm import (
+    all_gather_bytes,
+    as_bytes,
+    from_bytes,
+    gather_checkpoint,
+    guarded,
+    own_part,
+    pack_signs,
+    signs,
+    to_cpu,
+    unpack_signs,
+    world_of,
+)
 
 _RANGES = dict(lr=NonNegative, betas=Betas(2), eps=NonNegative, weight_decay=NonNegative)
 
@@ -51,6 +63,21 @@ class OneBitAdam(torch.optim.Optimizer):
     freeze_step=100000); the paper warms up for about 15-25 % of training. Tang, Gan, Awan, Rajbhandari,
     Li, Lian, Liu, Zhang, He, "1-bit Adam: Communication Efficient Large-Scale Training with Adam's
     Convergence Speed", ICML 2021, arXiv:2102.02888.
+
+    Checkpoints: the error-feedback residuals are each rank's own, so `state_dict()` is a collective
+    that gathers them on rank 0 (the other ranks get an empty dict); everything else is identical on
+    every replica and is taken from rank 0. Rank 0 saves one file; every rank of a new run of the same
+    world size loads it and takes its own residuals:
+
+        checkpoint = {"model": net.state_dict(), "optimizer": opt.state_dict()}   # every rank (collective)
+        if dist.get_rank() == 0:
+            torch.save(checkpoint, path)
+        ...                                                       # fresh processes, every rank:
+        checkpoint = torch.load(path, weights_only=True)
+        net.load_state_dict(checkpoint["model"]); opt.load_state_dict(checkpoint["optimizer"])
+
+    Resumed training is bit-identical to uninterrupted training; a checkpoint from a different world
+    size raises a ValueError naming both sizes.
     """
 
     def __init__(
@@ -212,19 +239,45 @@ class OneBitAdam(torch.optim.Optimizer):
 
     # -- saving and loading --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The whole group's state on rank 0 (an empty dict elsewhere); a collective, call it on every rank.
+
+        torch's layout ("state", "param_groups") holds what every replica shares (step, momentum, frozen
+        variance); "onebit" adds the counters and, under "ranks", each rank's error-feedback residuals
+        (the worker error of every parameter, the server error of its chunk) and byte count.
+        """
         sd = super().state_dict()
-        sd["onebit"] = {"step": self._step, "bytes_sent": self.bytes_sent, "server_error": self._server_error,
-                        "skipped_steps": self.skipped_steps}
-        return sd
+        shared = {i: {k: v for k, v in s.items() if k != "worker_error"} for i, s in sd["state"].items()}
+        own = {
+            "worker_error": {i: s["worker_error"] for i, s in sd["state"].items() if "worker_error" in s},
+            "server_error": self._server_error,
+            "bytes_sent": self.bytes_sent,
+        }
+        ranks = gather_checkpoint("OneBitAdam", own, self.process_group)
+        if ranks is None:
+            return {}
+        return {
+            "state": to_cpu(shared),
+            "param_groups": sd["param_groups"],
+            "onebit": {"step": self._step, "skipped_steps": self.skipped_steps, "ranks": ranks},
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        extra = state_dict.get("onebit", {})
-        self._step = int(extra.get("step", 0))
-        self.bytes_sent = int(extra.get("bytes_sent", 0))
-        self.skipped_steps = int(extra.get("skipped_steps", 0))
-        server_error = extra.get("server_error")
-        self._server_error = None if server_error is None else server_error.detach().clone()
+        """Restore this rank's part of a checkpoint that rank 0 saved (same world size and parameters)."""
+        extra = state_dict.get("onebit") if isinstance(state_dict, dict) else None
+        mine = own_part("OneBitAdam", extra, self.process_group)
+        super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
+        for i, p in enumerate(p for _, p in self._all()):
+            if i in mine["worker_error"]:
+                self.state[p]["worker_error"] = mine["worker_error"][i].to(p.device, p.dtype, copy=True)
+        self._step = int(extra["step"])
+        self.skipped_steps = int(extra["skipped_steps"])
+        self.bytes_sent = int(mine["bytes_sent"])
+        server_error = mine["server_error"]
+        self._server_error = None if server_error is None else server_error.to(self._device(), copy=True)
+
+    def _device(self) -> torch.device:
+        work = self._all()
+        return work[0][1].device if work else torch.device("cpu")
 
 
 def _rms(x: Tensor) -> Tensor:
