@@ -1,0 +1,62 @@
+"""The documentation site builds with warnings as errors, and its generated pages list what gradwise has."""
+
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import gradwise as gw
+
+ROOT = pathlib.Path(__file__).parents[1]
+DOCS = ROOT / "docs"
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location("gen_optimizers", DOCS / "gen_optimizers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_reference_covers_every_registered_name_and_option():
+    gen = load_generator()
+    text = gen.optimizer_reference()
+    for e in gw.entries():
+        assert f"| [`{e.name}`](#{e.name}) | `{e.cls.__name__}` |" in text
+        assert f"## {e.name} {{#{e.name}}}" in text
+    options = gen.options_reference()
+    for key in ("cautious", "grokfast", "clip_grad_norm", "state_bits", "nonfinite", "maximize"):
+        assert f"| `{key}` |" in options
+    api = gen.optimizer_api()
+    assert api.count(":::") == len({e.cls for e in gw.entries()})
+    assert (DOCS / "optimizers.md").read_text().count(gen.MARKER) == 1
+
+
+def test_hook_replaces_only_its_markers():
+    gen = load_generator()
+    assert gen.on_page_markdown("# plain page\n", page=None) == "# plain page\n"
+    assert gen.MARKER not in gen.on_page_markdown(f"a\n{gen.MARKER}\nb", page=None)
+
+
+@pytest.mark.slow
+def test_mkdocs_build_strict(tmp_path):
+    for module in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
+        if importlib.util.find_spec(module.split(".")[0]) is None:
+            pytest.skip(f"{module} is not installed (pip install mkdocs mkdocs-material 'mkdocstrings[python]')")
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    optimizers = (site / "optimizers" / "index.html").read_text()
+    for name in gw.available():
+        assert f'id="{name}"' in optimizers, name
+    api = (site / "api" / "optim" / "index.html").read_text()
+    for e in gw.entries():
+        assert f'id="{e.cls.__module__}.{e.cls.__qualname__}"' in api, e.name
+    assert 'id="gradwise.layerwise_lr_decay"' in (site / "api" / "gradwise" / "index.html").read_text()
