@@ -13,22 +13,31 @@ Per-group hyper-parameters it adds:
     quantized in this dtype (e.g. torch.bfloat16: 2 bytes per value), rounded to nearest.
 
 With the defaults (32 bits, no dtype) the option does nothing and the state is exactly torch's.
+
+Checkpoints convert both ways (see `gradwise.state.storage` for the error bounds): `load_state_dict` restores
+the saved groups' options, so after loading an 8-bit checkpoint set `group["state_bits"] = 32` to continue in
+32 bits (the codes become floats before the next step, exactly), or set 8 after loading a 32-bit one (the
+floats are quantized at the end of the next step).
+
+Keeping some parameters in 32-bit state (the paper's stable-embedding advice): `gradwise.create(...,
+state_bits=8, state_bits_exclude=torch.nn.Embedding)`; see `gradwise.core.registry.create`.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 
-from ..core.engine import EngineOption, Storage, extend
+from ..core.engine import EngineOption, Storage, Work, extend
 from ..core.validation import Integer, OneOf, Optional
 from .quantize import dequantize, dynamic_map, max_error, quantize
-from .storage import NON_NEGATIVE, FloatStorage, QuantizedStorage
+from .storage import ABSMAX, NON_NEGATIVE, FloatStorage, QuantizedStorage, dequantize_state, is_quantized
 
 __all__ = [
-    "NON_NEGATIVE", "STATE", "FloatStorage", "QuantizedStorage", "dequantize", "dynamic_map", "max_error",
-    "quantize", "storage",
+    "NON_NEGATIVE", "STATE", "FloatStorage", "QuantizedStorage", "dequantize", "dequantize_state",
+    "dynamic_map", "is_quantized", "max_error", "quantize", "storage",
 ]
 
 STATE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
@@ -37,10 +46,23 @@ STATE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 def storage(h: SimpleNamespace) -> Storage | None:
     """The storage a param group's hyper-parameters ask for, or None for the plain state."""
     if h.state_bits == 8:
-        return QuantizedStorage(block=h.state_block, min_size=h.state_min_size, dtype=h.state_dtype)
+        small = None if h.state_dtype is None else FloatStorage(h.state_dtype)
+        return QuantizedStorage(block=h.state_block, min_size=h.state_min_size, small=small)
     if h.state_dtype is not None:
         return FloatStorage(h.state_dtype)
     return None
+
+
+def dequantize_loaded(optimizer: Any, work: Work) -> None:
+    """Before a step: 8-bit state found in a 32-bit group (a checkpoint of an 8-bit run loaded into a 32-bit
+    optimizer) becomes float state of the parameter's dtype, exactly the values the codes stand for."""
+    for group, params in work:
+        if group["state_bits"] != 32:
+            continue
+        for p in params:
+            state = optimizer.state.get(p)
+            if state and any(key.endswith(ABSMAX) for key in state):
+                dequantize_state(p, state, group["state_block"])
 
 
 STATE = EngineOption(
@@ -52,6 +74,7 @@ STATE = EngineOption(
         state_min_size=Integer(0),
         state_dtype=Optional(OneOf(STATE_DTYPES)),
     ),
+    prepare=dequantize_loaded,
     storage=storage,
 )
 

@@ -13,10 +13,20 @@ twice the resolution; every other key uses the signed map. A negative value unde
 would be stored as 0.
 
 Working tensors: `open` returns new tensors of the parameter's dtype, the dtype the state has without this
-option, so every transform runs unchanged. A float tensor found under a quantized key (a checkpoint
-saved by a 32-bit optimizer, loaded into an 8-bit one) is used as the working tensor as it is; `close` then
-quantizes it, so loading costs one rounding, of at most `quantize.max_error(signed)` times the block's
-absmax per value.
+option, so every transform runs unchanged.
+
+Converting checkpoints (`load_state_dict` restores the saved groups' state_bits, state_block and
+state_dtype; set the group's keys after loading to change them):
+- 32-bit state into an 8-bit group: a float tensor found under a quantized key is used as the working
+  tensor as it is and quantized on the step's `close`: one rounding, of at most `max_error(signed)` times
+  the block's absmax per value (signed: 0.9/128 = 0.0070, unsigned: 0.9/256 = 0.0035).
+- 8-bit state into a 32-bit group: `dequantize_state` (run by the option before the first step after
+  loading) replaces codes and scales by float tensors of the parameter's dtype. This adds no error: the
+  values are exactly those the 8-bit optimizer worked with. They differ from the values of a run that
+  was 32-bit throughout by the 8-bit rounding of the last step, within the same bound.
+- 8-bit state into an 8-bit group with a larger `min_size` (or smaller tensors): dequantized as above.
+The block size is not stored with the codes: reading them needs the `state_block` they were written
+with (restored by `load_state_dict`); a count of scales that does not fit the block size is an error.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from torch import Tensor
 from ..core.engine import State
 from .quantize import dequantize, quantize
 
-__all__ = ["NON_NEGATIVE", "FloatStorage", "QuantizedStorage"]
+__all__ = ["NON_NEGATIVE", "FloatStorage", "QuantizedStorage", "dequantize_state", "is_quantized"]
 
 NON_NEGATIVE = frozenset(
     {
@@ -57,14 +67,66 @@ def _convertible(p: Tensor, key: str, value: object) -> bool:
     )
 
 
+def is_quantized(state: State, key: str) -> bool:
+    """True when `state[key]` holds 8-bit codes (a uint8 tensor with its block scales beside it)."""
+    value = state.get(key)
+    return isinstance(value, Tensor) and value.dtype == torch.uint8 and key + ABSMAX in state
+
+
+def _read_codes(p: Tensor, state: State, key: str, block: int) -> Tensor:
+    codes, scales = state[key], state[key + ABSMAX]
+    if scales.numel() != -(-codes.numel() // block):
+        raise ValueError(
+            f"state[{key!r}] holds {codes.numel()} 8-bit codes with {scales.numel()} block scales, which does "
+            f"not fit state_block={block}: set the param group's state_block to the value the state was saved with"
+        )
+    return dequantize(codes, scales, block, signed=key not in NON_NEGATIVE, dtype=p.dtype)
+
+
+def dequantize_state(p: Tensor, state: State, block: int) -> None:
+    """Replace, in place, every 8-bit tensor of `state` by float values of `p`'s dtype (exact: the values
+    the codes stand for) and drop its block scales."""
+    for key in [k for k in state if is_quantized(state, k)]:
+        state[key] = _read_codes(p, state, key, block)
+        del state[key + ABSMAX]
+
+
+@dataclass(frozen=True)
+class FloatStorage:
+    """State tensors of the parameter's shape kept in `dtype` (e.g. torch.bfloat16) and worked on in the
+    parameter's dtype; rounding to `dtype` is to nearest."""
+
+    dtype: torch.dtype
+
+    def read(self, p: Tensor, key: str, value: object) -> object:
+        """The working form of one stored value: the parameter's dtype."""
+        if _convertible(p, key, value) and value.dtype != p.dtype:  # type: ignore[union-attr]
+            return value.to(p.dtype)  # type: ignore[union-attr]
+        return value
+
+    def write(self, p: Tensor, key: str, value: object) -> object:
+        """The stored form of one working value: `dtype`."""
+        return value.to(self.dtype) if _convertible(p, key, value) else value  # type: ignore[union-attr]
+
+    def init(self, p: Tensor, state: State) -> None:
+        self.close(p, state, dict(state))
+
+    def open(self, p: Tensor, state: State) -> State:
+        return {key: self.read(p, key, value) for key, value in state.items()}
+
+    def close(self, p: Tensor, state: State, work: State) -> None:
+        for key, value in work.items():
+            state[key] = self.write(p, key, value)
+
+
 @dataclass(frozen=True)
 class QuantizedStorage:
     """8-bit block-wise storage (`state_bits=8`); tensors below `min_size` elements are kept as they are,
-    or in `dtype` when one is given."""
+    or by `small` (a FloatStorage of the group's state_dtype) when one is given."""
 
     block: int = 2048
     min_size: int = 4096
-    dtype: torch.dtype | None = None
+    small: FloatStorage | None = None
 
     def _quantizes(self, p: Tensor, key: str, value: object) -> bool:
         return _convertible(p, key, value) and p.numel() >= self.min_size
@@ -75,13 +137,12 @@ class QuantizedStorage:
     def open(self, p: Tensor, state: State) -> State:
         work = {}
         for key, value in state.items():
-            if key.endswith(ABSMAX) and key[: -len(ABSMAX)] in state:
+            if key.endswith(ABSMAX) and is_quantized(state, key[: -len(ABSMAX)]):
                 continue
-            scales = state.get(key + ABSMAX)
-            if isinstance(value, Tensor) and value.dtype == torch.uint8 and scales is not None:
-                work[key] = dequantize(value, scales, self.block, signed=key not in NON_NEGATIVE, dtype=p.dtype)
-            elif self.dtype is not None and _convertible(p, key, value) and value.dtype != p.dtype:
-                work[key] = value.to(p.dtype)
+            if is_quantized(state, key):
+                work[key] = _read_codes(p, state, key, self.block)
+            elif self.small is not None:
+                work[key] = self.small.read(p, key, value)
             else:
                 work[key] = value
         return work
@@ -90,28 +151,7 @@ class QuantizedStorage:
         for key, value in work.items():
             if self._quantizes(p, key, value):
                 state[key], state[key + ABSMAX] = quantize(value, self.block, signed=key not in NON_NEGATIVE)
-            elif self.dtype is not None and _convertible(p, key, value):
-                state[key] = value.to(self.dtype)
-            else:
-                state[key] = value
-
-
-@dataclass(frozen=True)
-class FloatStorage:
-    """State tensors of the parameter's shape kept in `dtype` (e.g. torch.bfloat16) and worked on in the
-    parameter's dtype; rounding to `dtype` is to nearest."""
-
-    dtype: torch.dtype
-
-    def init(self, p: Tensor, state: State) -> None:
-        self.close(p, state, dict(state))
-
-    def open(self, p: Tensor, state: State) -> State:
-        return {
-            key: value.to(p.dtype) if _convertible(p, key, value) and value.dtype != p.dtype else value
-            for key, value in state.items()
-        }
-
-    def close(self, p: Tensor, state: State, work: State) -> None:
-        for key, value in work.items():
-            state[key] = value.to(self.dtype) if _convertible(p, key, value) else value
+                continue
+            if _convertible(p, key, value):
+                state.pop(key + ABSMAX, None)  # codes loaded for a tensor this group keeps in floats
+            state[key] = value if self.small is None else self.small.write(p, key, value)
