@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import functools
 import inspect
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,29 +96,115 @@ def no_decay(module: nn.Module, name: str, p: torch.Tensor) -> bool:
     return name == "bias" or isinstance(module, NORM_LAYERS)
 
 
+Exclude = Callable[[nn.Module, str, torch.Tensor], bool]
+StateBitsExclude = str | re.Pattern | type | Exclude | Iterable[str | re.Pattern | type | Exclude]
+
+FULL_STATE = {"state_bits": 32, "state_dtype": None}  # what state_bits_exclude gives the parameters it matches
+
+
 def parameter_groups(
-    model: nn.Module, weight_decay: float, exclude: Callable[[nn.Module, str, torch.Tensor], bool] = no_decay
+    model: nn.Module,
+    weight_decay: float | None,
+    exclude: Exclude | None = no_decay,
+    *,
+    state_bits_exclude: StateBitsExclude | None = None,
 ) -> list[dict[str, Any]]:
-    """Split a model's trainable parameters into a decayed group and a group without weight decay."""
-    decay, plain, seen = [], [], set()
-    for module in model.modules():
+    """Split a model's trainable parameters into a decayed group and a group without weight decay.
+
+    The parameters for which `exclude(module, name, p)` holds (by default `no_decay`: biases and
+    normalisation weights) go in the group with `weight_decay=0.0`, the others in the group with
+    `weight_decay`. `exclude=None` makes no such split and sets no weight decay. `state_bits_exclude`
+    (see `create`) splits each group again: the parameters it matches go in a group of their own with
+    full-precision state (`state_bits=32, state_dtype=None`).
+    Empty groups are left out; parameters keep the model's order within each group.
+    """
+    full_state = _state_bits_matcher(model, state_bits_exclude)
+    buckets: dict[tuple[bool, bool], list[torch.Tensor]] = {}
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (plain if exclude(module, name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            plain = exclude is not None and exclude(module, name, p)
+            full = full_state(module, f"{prefix}.{name}" if prefix else name, name, p)
+            buckets.setdefault((plain, full), []).append(p)
+    groups = []
+    for plain, full in ((False, False), (False, True), (True, False), (True, True)):
+        if (plain, full) not in buckets:
+            continue
+        group: dict[str, Any] = {"params": buckets[plain, full]}
+        if exclude is not None:
+            group["weight_decay"] = 0.0 if plain else weight_decay
+        if full:
+            group.update(FULL_STATE)
+        groups.append(group)
+    return groups
+
+
+def _state_bits_matcher(
+    model: nn.Module, rules: StateBitsExclude | None
+) -> Callable[[nn.Module, str, str, torch.Tensor], bool]:
+    """One predicate (module, full name, local name, p) from the rules of `state_bits_exclude`."""
+    if rules is None:
+        return lambda module, full_name, name, p: False
+    if isinstance(rules, str | re.Pattern | type) or not isinstance(rules, Iterable):
+        rules = [rules]
+    tests = []
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    for rule in rules:
+        if isinstance(rule, str):
+            test = functools.partial(lambda pattern, full_name: fnmatch.fnmatchcase(full_name, pattern), rule)
+        elif isinstance(rule, re.Pattern):
+            test = functools.partial(lambda pattern, full_name: pattern.search(full_name) is not None, rule)
+        elif isinstance(rule, type) and issubclass(rule, nn.Module):
+            tests.append(functools.partial(lambda kind, module, full_name, name, p: isinstance(module, kind), rule))
+            continue
+        elif callable(rule) and not isinstance(rule, type):
+            tests.append(functools.partial(lambda f, module, full_name, name, p: bool(f(module, name, p)), rule))
+            continue
+        else:
+            raise TypeError(
+                f"state_bits_exclude: {rule!r} is not accepted; give a name pattern (fnmatch str), a compiled "
+                "regular expression, an nn.Module subclass, a function (module, name, p) -> bool, or a list of these"
+            )
+        if not any(test(name) for name in names):
+            raise ValueError(
+                f"state_bits_exclude: {rule.pattern if isinstance(rule, re.Pattern) else rule!r} matches no "
+                f"trainable parameter of {type(model).__name__}; names look like: {', '.join(names[:4])}"
+            )
+        tests.append(functools.partial(lambda match, module, full_name, name, p: match(full_name), test))
+    return lambda module, full_name, name, p: any(t(module, full_name, name, p) for t in tests)
 
 
 def create(
-    name: str, model_or_params: nn.Module | Iterable[Any], **hyper: Any
+    name: str,
+    model_or_params: nn.Module | Iterable[Any],
+    *,
+    state_bits_exclude: StateBitsExclude | None = None,
+    **hyper: Any,
 ) -> torch.optim.Optimizer:
     """Build the optimizer registered as `name`.
 
     Given an `nn.Module`, biases and normalisation weights go in a group without weight decay; given
     parameters or param groups, they are passed on unchanged. Unknown hyper-parameters raise a TypeError
     that lists the accepted ones.
+
+    `state_bits_exclude` (a model only) keeps full-precision optimizer state (state_bits=32, no state_dtype)
+    for the parameters it matches while the others take `state_bits=8` or `state_dtype`: one rule or a list
+    of them, each a shell-style pattern matched against the full parameter name ("embed.*", "*.embedding.*";
+    a pattern that matches nothing is an error), a compiled regular expression (`re.search` on the name),
+    an `nn.Module` subclass (every parameter registered directly on a module of that type) or a function
+    `(module, name, p) -> bool` as for weight decay. The matched parameters get param groups of their own.
+
+    The stable-embedding recipe of Dettmers et al. (2022, "8-bit Optimizers via Block-wise Quantization"):
+    token embeddings see a few rows of large, rare gradients per step, which 8-bit block-wise
+    state represents poorly; the paper keeps their optimizer state in 32 bits (and, in its StableEmbedding
+    layer, adds Xavier-uniform initialisation and a layer norm after the lookup: model changes left to the
+    user). With gradwise:
+
+        opt = gw.create("adamw", model, lr=1e-3, weight_decay=0.1, state_bits=8,
+                        state_bits_exclude=torch.nn.Embedding)       # or "embed.*", or a list of rules
     """
     e = entry(name)
     accepted = [k for k in _signature_names(e.cls) if k != "params"]
@@ -125,10 +214,18 @@ def create(
     kwargs = {**e.preset, **hyper}
     if isinstance(model_or_params, nn.Module):
         wd = kwargs.get("weight_decay", _default_of(e.cls, "weight_decay"))
-        if wd:
-            params: Any = parameter_groups(model_or_params, wd)
+        if wd or state_bits_exclude is not None:
+            params: Any = parameter_groups(
+                model_or_params, wd, no_decay if wd else None, state_bits_exclude=state_bits_exclude
+            )
         else:
             params = [p for p in model_or_params.parameters() if p.requires_grad]
+    elif state_bits_exclude is not None:
+        raise TypeError(
+            "state_bits_exclude needs the model (an nn.Module) to match parameter names and module types; "
+            f"got {type(model_or_params).__name__}. With parameters or param groups, put the parameters to "
+            "keep in full precision in a group with state_bits=32"
+        )
     else:
         params = model_or_params
     return e.cls(params, **kwargs)
