@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import required
 
+from .compiled import COMPILE_CHOICES, CompiledStep, backend_of
 from .validation import Flag, OneOf, Range
 
 State = dict[str, Any]
@@ -163,6 +164,12 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
         never recover. The check reads each gradient once more (one reduction per tensor and one host
         synchronisation per step); "ignore" removes it and behaves as torch.optim does, "raise" stops
         with an error that names the parameter.
+      compile (False | True | "inductor" | "aot_eager" | "eager", per optimizer, keyword-only, default False):
+        run each param group's chain under torch.compile (True: the inductor backend), with the numbers
+        that change every step passed as 0-dim tensors, so one graph serves every step; elementwise chains
+        update each (group, dtype, device) bucket in one call over flat buffers that the parameters,
+        gradients and state become views of (see `gradwise.core.compiled`). A chain that cannot be compiled
+        runs eagerly, with a warning. A runtime choice: not saved in the state_dict.
     """
 
     defaults: ClassVar[dict[str, Any]] = {}
@@ -170,7 +177,7 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
     engine_defaults: ClassVar[dict[str, Any]] = {"maximize": False}
     engine_ranges: ClassVar[dict[str, Range]] = {"maximize": Flag()}
 
-    keyword_only: ClassVar[dict[str, Any]] = {"nonfinite": "skip"}
+    keyword_only: ClassVar[dict[str, Any]] = {"nonfinite": "skip", "compile": False}
 
     @classmethod
     def all_defaults(cls) -> dict[str, Any]:
@@ -198,7 +205,9 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
         ]
         return inspect.Signature(parameters)
 
-    def __init__(self, params: Iterable[Any], *args: Any, nonfinite: str = "skip", **hyper: Any) -> None:
+    def __init__(
+        self, params: Iterable[Any], *args: Any, nonfinite: str = "skip", compile: bool | str = False, **hyper: Any
+    ) -> None:
         name = type(self).__name__
         accepted = type(self).all_defaults()
         if len(args) > len(accepted):
@@ -215,6 +224,9 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
             raise TypeError(f"{name} needs a value for {missing[0]!r} (it has no default in the paper's code)")
         self.nonfinite = OneOf(NONFINITE_POLICIES).check("nonfinite", nonfinite)
         self.skipped_steps = 0
+        self.compile = OneOf(COMPILE_CHOICES).check("compile", compile)
+        backend = backend_of(self.compile)
+        self._compiled = None if backend is None else CompiledStep(self, backend)
         super().__init__(params, {**accepted, **hyper})
 
     # -- what a subclass provides ------------------------------------------------------------------
@@ -252,13 +264,17 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
             with torch.enable_grad():
                 loss = closure()
         work = self._params_with_grad()
-        if self.nonfinite != "ignore" and not self._gradients_finite(work):
+        compiled = getattr(self, "_compiled", None)
+        if compiled is not None:
+            compiled.begin(work)
+        check = self._gradients_finite if compiled is None else compiled.gradients_finite
+        if self.nonfinite != "ignore" and not check(work):
             self.skipped_steps += 1
             return loss
         self.prepare(work)
         options = engine_options()
         contexts = [option.prepare(self, work) if option.prepare else None for option in options]
-        for group, params in work:
+        for gi, (group, params) in enumerate(work):
             if not params:
                 continue
             h = hyper_parameters(group)
@@ -269,6 +285,8 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
                     chain = option.wrap(h, chain, context)
                 if storage is None and option.storage is not None:
                     storage = option.storage(h)
+            if compiled is not None:  # returns what it could not compile, for the eager loop below
+                params = compiled.run_group(gi, params, h, chain, storage, work)
             for p in params:
                 state = self.state[p]
                 if "step" not in state:
@@ -346,6 +364,8 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
             if saved is not None:
                 self.state[p] = {k: _own_copy(v, p.device, k) for k, v in saved.items()}
         self.skipped_steps = int(state_dict.get("gradwise", {}).get("skipped_steps", 0))
+        if getattr(self, "_compiled", None) is not None:
+            self._compiled.invalidate()  # the loaded state is not in the flat buffers: gather again
         # a checkpoint written before an engine option existed lacks its key: the option's default applies
         for group in self.param_groups:
             for key, value in type(self).all_defaults().items():

@@ -1,0 +1,444 @@
+"""The compiled step (`compile=True` on any ChainOptimizer): each param group's chain of kernels under torch.compile.
+
+Eager is the reference; this module runs the same kernels (see `Transform`) with the per-step numbers as
+0-dim tensors, so that one graph serves every step whatever the lr schedule does:
+
+- Coefficients: each transform's `coefficients(t)` runs on the host; its numbers are written with `fill_`
+  into preallocated 0-dim tensors (float64 for float64 parameters, float32 otherwise) passed as arguments.
+  A changing Python float never reaches a graph (it would recompile, or, with torch's FX graph cache,
+  silently reuse the first value: benchmarks/README.md, compile_study part d).
+- Cache: one compiled function per (param group, dtype, device, path), keyed by the chain's structure:
+  each kernel's code plus the contents of its closure, recursively. A kernel that captures a number puts it
+  in the key, so a change of that number compiles again (and after MAX_SIGNATURES, the group runs eagerly).
+- Flat path, when every transform is elementwise, the group keeps plain state (no `state_bits`/`state_dtype`),
+  and all parameters of the bucket have a gradient, a contiguous layout and the same step count: the
+  parameters, their gradients and their state become views of one flat buffer each (`p.data`, `p.grad` and
+  `state[p][key]` are re-pointed), and one compiled call updates the whole bucket. `state_dict` still hands
+  out one tensor per parameter in torch's format. Every step checks, by identity and data pointer, that the
+  views are still in place (`load_state_dict`, `model.to`, `zero_grad(set_to_none=True)` replace them); a
+  gradient that is not the view is copied in and the view attached as `p.grad`, so that backward
+  accumulates straight into the flat buffer from then on (with `zero_grad(set_to_none=False)`).
+- Per-parameter path otherwise: one function compiled with dynamic shapes, called for each parameter, with
+  the group's storage `open`/`close` inside it.
+- Fallback: a chain with a transform that has no kernel, a kernel capturing something the key cannot
+  describe, or a compilation error runs eagerly, with one warning per group and reason: never wrong numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import sys
+import types
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("inductor", "aot_eager", "eager")
+COMPILE_CHOICES = (False, True, *BACKENDS)
+MAX_SIGNATURES = 8  # distinct chain structures per param group before the group runs eagerly
+ALIGN = 16  # elements: each view in a flat buffer starts on a 64-byte boundary (float32)
+
+_names = itertools.count()
+_INTERNAL = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, f"{os.sep}torch{os.sep}")
+
+
+def backend_of(flag: bool | str) -> str | None:
+    """The torch.compile backend a `compile=` value asks for (True: inductor), or None for eager."""
+    if flag is False:
+        return None
+    return "inductor" if flag is True else flag
+
+
+class Unsupported(Exception):
+    """The chain cannot be compiled safely; the message says why (it goes into the fallback warning)."""
+
+
+# -- the structural key of a chain --------------------------------------------------------------------------
+def chain_signature(chain: Sequence[Any]) -> tuple:
+    return tuple((_value_key(tr.kernel, frozenset()), tr.elementwise) for tr in chain)
+
+
+def _value_key(v: Any, seen: frozenset[int]) -> Any:
+    if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
+        return (type(v).__name__, v)
+    if isinstance(v, (torch.dtype, torch.device, torch.layout, torch.memory_format, enum.Enum)):
+        return v
+    if isinstance(v, types.FunctionType):
+        if id(v) in seen:
+            return ("cycle", v.__code__)
+        inner = seen | {id(v)}
+        cells = tuple(_cell_key(cell, inner) for cell in v.__closure__ or ())
+        return ("fn", v.__code__, cells, _value_key(v.__defaults__, inner), _value_key(v.__kwdefaults__, inner))
+    if isinstance(v, (tuple, list)):
+        return (type(v).__name__, tuple(_value_key(x, seen) for x in v))
+    if isinstance(v, dict):
+        return ("dict", tuple((_value_key(k, seen), _value_key(x, seen)) for k, x in v.items()))
+    if isinstance(v, (frozenset, set)):
+        return ("set", frozenset(_value_key(x, seen) for x in v))
+    if isinstance(v, (types.BuiltinFunctionType, types.ModuleType, torch._ops.OpOverloadPacket)):
+        return ("object", v)
+    raise Unsupported(f"a kernel captures a {type(v).__name__} ({v!r:.60}), which cannot key a compiled graph")
+
+
+def _cell_key(cell: Any, seen: frozenset[int]) -> Any:
+    try:
+        contents = cell.cell_contents
+    except ValueError:
+        return ("empty",)
+    return _value_key(contents, seen)
+
+
+# -- coefficients as 0-dim tensors ---------------------------------------------------------------------------
+def coefficient_pattern(values: Sequence[tuple]) -> tuple:
+    """What each coefficient is: a bool flag, a number, or a tensor passed through (part of the cache key)."""
+    return tuple(tuple(_kind(x) for x in c) for c in values)
+
+
+def _kind(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return ("tensor", x.dtype, x.device, x.dim())
+    if isinstance(x, bool):
+        return "bool"
+    if isinstance(x, (int, float)):
+        return "number"
+    raise Unsupported(f"a coefficient is a {type(x).__name__} ({x!r:.60}); coefficients must be numbers or tensors")
+
+
+def coefficient_slots(pattern: tuple, dtype: torch.dtype, device: torch.device) -> list[tuple[Tensor | None, ...]]:
+    """Preallocated 0-dim tensors for the numbers of `pattern` (None where a tensor passes through)."""
+    cdtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def slot(kind: Any) -> Tensor | None:
+        if kind == "bool":
+            return torch.zeros((), dtype=torch.bool, device=device)
+        if kind == "number":
+            return torch.zeros((), dtype=cdtype, device=device)
+        return None
+
+    return [tuple(slot(kind) for kind in c) for c in pattern]
+
+
+def fill(slots: list[tuple[Tensor | None, ...]], values: Sequence[tuple]) -> tuple[tuple[Any, ...], ...]:
+    return tuple(
+        tuple(x if s is None else s.fill_(x) for s, x in zip(cs, c, strict=True))
+        for cs, c in zip(slots, values, strict=True)
+    )
+
+
+# -- the functions handed to torch.compile -------------------------------------------------------------------
+def _fresh(fn: Callable, name: str) -> Callable:
+    """`fn` with a code object of its own: dynamo keeps its graphs and recompile count per code object, so
+    each bucket gets a cache of its own."""
+    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+def _chain_function(kernels: tuple[Callable, ...], maximize: bool) -> Callable:
+    def run_chain(g: Tensor, p: Tensor, s: dict, cs: tuple) -> None:
+        u = -g if maximize else g
+        for i, kernel in enumerate(kernels):
+            u = kernel(u, p, s, cs[i])
+
+    return run_chain
+
+
+def _storage_function(kernels: tuple[Callable, ...], maximize: bool, storage: Any) -> Callable:
+    def run_chain_stored(g: Tensor, p: Tensor, state: dict, cs: tuple) -> None:
+        s = storage.open(p, state)
+        u = -g if maximize else g
+        for i, kernel in enumerate(kernels):
+            u = kernel(u, p, s, cs[i])
+        storage.close(p, state, s)
+
+    return run_chain_stored
+
+
+# -- flat buffers ----------------------------------------------------------------------------------------------
+class FlatLayout:
+    """One bucket's parameters, gradients and state as views of flat buffers (see the module docstring)."""
+
+    def __init__(self, members: list[Tensor], states: list[dict], t: float) -> None:
+        p0 = members[0]
+        dtype, device = p0.dtype, p0.device
+        sizes = [p.numel() for p in members]
+        offsets, total = [], 0
+        for n in sizes:
+            offsets.append(total)
+            total += -(-n // ALIGN) * ALIGN
+        keys = [k for k in states[0] if k != "step"]
+        self.members = members
+        self.states = states
+        self.t = t
+        self.param = torch.zeros(total, dtype=dtype, device=device)
+        self.grad = torch.zeros(total, dtype=dtype, device=device)
+        self.state = {k: torch.zeros(total, dtype=states[0][k].dtype, device=device) for k in keys}
+        self.steps = torch.full((len(members),), t, dtype=torch.float32)
+        self.grads: list[Tensor] = []
+        self.views: list[tuple[tuple[str, Tensor], ...]] = []
+        for i, (p, st, off, n) in enumerate(zip(members, states, offsets, sizes, strict=True)):
+            view = self.param[off : off + n].view(p.shape)
+            view.copy_(p.detach())
+            p.data = view
+            g = self.grad[off : off + n].view(p.shape)
+            g.copy_(p.grad)
+            p.grad = g
+            self.grads.append(g)
+            entries = []
+            for k in keys:
+                sv = self.state[k][off : off + n].view(p.shape)
+                sv.copy_(st[k])
+                st[k] = sv
+                entries.append((k, sv))
+            st["step"] = self.steps[i]
+            entries.append(("step", st["step"]))
+            self.views.append(tuple(entries))
+        self.ptrs = [p.data_ptr() for p in members]
+
+    @staticmethod
+    def eligible(members: list[Tensor], states: list[dict]) -> float | None:
+        """The common step count if the bucket can be laid out flat, else None."""
+        keys = {k for k in states[0]}
+        steps = set()
+        dtypes: dict[str, torch.dtype] = {}
+        for p, st in zip(members, states, strict=True):
+            if not p.is_contiguous() or set(st) != keys:
+                return None
+            step = st.get("step")
+            if not isinstance(step, Tensor) or step.numel() != 1:
+                return None
+            steps.add(float(step))
+            for k, v in st.items():
+                if k == "step":
+                    continue
+                if not isinstance(v, Tensor) or v.shape != p.shape or v.device != p.device:
+                    return None
+                if dtypes.setdefault(k, v.dtype) != v.dtype:
+                    return None
+        return steps.pop() if len(steps) == 1 else None
+
+    def matches(self, members: list[Tensor], state: dict) -> bool:
+        if len(members) != len(self.members):
+            return False
+        for p, q, ptr, st, views in zip(members, self.members, self.ptrs, self.states, self.views, strict=True):
+            if p is not q or p.data_ptr() != ptr:
+                return False
+            current = state.get(p)
+            if current is not st:
+                return False
+            for k, v in views:
+                if current.get(k) is not v:
+                    return False
+        return True
+
+    def attach_grads(self) -> None:
+        for p, view in zip(self.members, self.grads, strict=True):
+            g = p.grad
+            if g is not view:
+                view.copy_(g)
+                p.grad = view
+
+
+# -- the engine's entry points ---------------------------------------------------------------------------------
+Plan = dict[int, dict[tuple, tuple[list[Tensor], FlatLayout | None]]]
+
+
+class CompiledStep:
+    """The compiled part of one optimizer's step; created by ChainOptimizer when compile= is not False."""
+
+    def __init__(self, optimizer: Any, backend: str) -> None:
+        self.optimizer = optimizer
+        self.backend = backend
+        self.layouts: dict[tuple, FlatLayout] = {}
+        self.functions: dict[tuple, Callable | None] = {}
+        self.slots: dict[tuple, list] = {}
+        self.signatures: dict[int, set] = {}
+        self.warned: set[tuple[int, str]] = set()
+        self._plan: tuple[Any, Plan] | None = None
+
+    def invalidate(self) -> None:
+        """Forget every flat layout (after load_state_dict): the next step gathers the buffers again."""
+        self.layouts.clear()
+        self._plan = None
+
+    # step, part 1: before the non-finite check
+    def begin(self, work: list[tuple[dict, list[Tensor]]]) -> None:
+        """Bucket each group's parameters and attach gradients to the flat layouts still in place, so that
+        the non-finite check reads one flat buffer per bucket."""
+        state = self.optimizer.state
+        plan: Plan = {}
+        for gi, (_, params) in enumerate(work):
+            buckets: dict[tuple, list[Tensor]] = {}
+            for p in params:
+                buckets.setdefault((p.dtype, p.device), []).append(p)
+            plan[gi] = {}
+            for key, members in buckets.items():
+                layout = self.layouts.get((gi, key))
+                if layout is not None and layout.matches(members, state):
+                    layout.attach_grads()
+                else:
+                    layout = None
+                plan[gi][key] = (members, layout)
+        self._plan = (work, plan)
+
+    def gradients_finite(self, work: list[tuple[dict, list[Tensor]]]) -> bool:
+        """The engine's check, with one reduction per flat gradient buffer instead of one per tensor."""
+        if self._plan is None or self._plan[0] is not work:
+            self.begin(work)
+        grads = []
+        for buckets in self._plan[1].values():
+            for members, layout in buckets.values():
+                if layout is not None:
+                    grads.append(layout.grad)
+                else:
+                    grads.extend(p.grad for p in members if p.grad.numel() > 0)
+        grads = [g for g in grads if g.numel() > 0]
+        if not grads:
+            return True
+        device = grads[0].device
+        peaks = torch.stack([torch.stack(torch.aminmax(g)).to(device=device, dtype=torch.float32) for g in grads])
+        if bool(torch.isfinite(peaks).all()):
+            return True
+        return self.optimizer._gradients_finite(work)  # finds the parameter for "raise"
+
+    # step, part 2: per group, after the chain is built
+    def run_group(
+        self, gi: int, params: list[Tensor], h: Any, chain: tuple, storage: Any, work: Any = None
+    ) -> list[Tensor]:
+        """Update what can be compiled; return the parameters left for the eager loop."""
+        missing = [i for i, tr in enumerate(chain) if tr.kernel is None]
+        if missing:
+            name = getattr(chain[missing[0]].update, "__qualname__", "?")
+            return self._eager(gi, params, f"transform {missing[0]} of the chain ({name}) has no kernel yet")
+        try:
+            signature = (bool(h.maximize), chain_signature(chain))
+        except Unsupported as error:
+            return self._eager(gi, params, str(error))
+        known = self.signatures.setdefault(gi, set())
+        if signature not in known and len(known) >= MAX_SIGNATURES:
+            return self._eager(gi, params, f"the chain changed structure more than {MAX_SIGNATURES} times (a "
+                               "kernel captures a number that changes; move it into coefficients)")
+        known.add(signature)
+        if self._plan is not None and self._plan[0] is work and gi in self._plan[1]:
+            buckets = self._plan[1][gi]
+        else:
+            buckets = {}
+            for p in params:
+                buckets.setdefault((p.dtype, p.device), ([], None))[0].append(p)
+        for stale in [k for k, layout in self.layouts.items() if k[0] == gi and k[1] not in buckets]:
+            layout = self.layouts[stale]
+            if any(p.data_ptr() != ptr for p, ptr in zip(layout.members, layout.ptrs, strict=True)):
+                del self.layouts[stale]  # its parameters moved (model.to): free the old buffers
+        flat = storage is None and all(tr.elementwise for tr in chain)
+        rest: list[Tensor] = []
+        for key, (members, layout) in buckets.items():
+            if flat and self._run_flat(gi, key, members, layout, chain, signature):
+                continue
+            self.layouts.pop((gi, key), None)
+            rest.extend(self._run_each(gi, key, members, chain, signature, storage))
+        return rest
+
+    def _eager(self, gi: int, params: list[Tensor], reason: str) -> list[Tensor]:
+        self._warn(gi, reason)
+        for key in [k for k in self.layouts if k[0] == gi]:
+            del self.layouts[key]
+        return params
+
+    def _warn(self, gi: int, reason: str) -> None:
+        """One warning per group and reason, attributed to the first frame outside gradwise and torch."""
+        if (gi, reason) in self.warned:
+            return
+        self.warned.add((gi, reason))
+        frame, level = sys._getframe(0), 1
+        while frame is not None and any(part in frame.f_code.co_filename for part in _INTERNAL):
+            frame, level = frame.f_back, level + 1
+        name = type(self.optimizer).__name__
+        warnings.warn(f"{name}(compile={self.backend!r}): param group {gi} runs eagerly: {reason}", stacklevel=level)
+
+    def _function(self, key: tuple, make: Callable[[], Callable], dynamic: bool | None) -> Callable | None:
+        if key not in self.functions:
+            fn = _fresh(make(), f"gradwise_{key[1]}_group{key[0]}_{next(_names)}")
+            self.functions[key] = torch.compile(fn, backend=self.backend, fullgraph=True, dynamic=dynamic)
+        return self.functions[key]
+
+    def _call(self, fkey: tuple, gi: int, fn: Callable, args: tuple) -> bool:
+        try:
+            fn(*args)
+        except Exception as error:  # tracing or compiling failed: nothing was written yet
+            self.functions[fkey] = None
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            self._warn(gi, f"torch.compile failed ({type(error).__name__}: {first_line})")
+            return False
+        return True
+
+    def _run_flat(self, gi: int, key: tuple, members: list[Tensor], layout: FlatLayout | None, chain: tuple,
+                  signature: tuple) -> bool:
+        state = self.optimizer.state
+        if layout is None:
+            states = []
+            for p in members:
+                st = state[p]
+                if "step" not in st:
+                    self.optimizer._init_state(p, st, chain)
+                states.append(st)
+            t = FlatLayout.eligible(members, states)
+            if t is None:
+                return False
+            layout = FlatLayout(members, states, t)
+            self.layouts[(gi, key)] = layout
+        try:
+            values = [tr.coefficients(layout.t + 1) for tr in chain]
+            pattern = coefficient_pattern(values)
+        except Unsupported as error:
+            self._eager(gi, [], str(error))
+            return False
+        fkey = (gi, "flat", key, signature, pattern)
+        kernels = tuple(tr.kernel for tr in chain)
+        fn = self._function(fkey, lambda: _chain_function(kernels, signature[0]), dynamic=None)
+        if fn is None:
+            return False
+        slots = self.slots.get(fkey)
+        if slots is None:
+            slots = self.slots[fkey] = coefficient_slots(pattern, *key)
+        if not self._call(fkey, gi, fn, (layout.grad, layout.param, layout.state, fill(slots, values))):
+            return False
+        layout.steps.add_(1)
+        layout.t += 1
+        return True
+
+    def _run_each(self, gi: int, key: tuple, members: list[Tensor], chain: tuple, signature: tuple,
+                  storage: Any) -> list[Tensor]:
+        """The per-parameter path; returns the members it did not update."""
+        state = self.optimizer.state
+        kernels = tuple(tr.kernel for tr in chain)
+        for i, p in enumerate(members):
+            st = state[p]
+            if "step" not in st:
+                self.optimizer._init_state(p, st, chain)
+                if storage is not None:
+                    storage.init(p, st)
+            try:
+                values = [tr.coefficients(float(st["step"]) + 1) for tr in chain]
+                pattern = coefficient_pattern(values)
+            except Unsupported as error:
+                return self._eager(gi, members[i:], str(error))
+            fkey = (gi, "each", key, signature, pattern, storage)
+            if storage is None:
+                fn = self._function(fkey, lambda: _chain_function(kernels, signature[0]), dynamic=True)
+                s = {k: v for k, v in st.items() if k != "step"}
+            else:
+                fn = self._function(fkey, lambda: _storage_function(kernels, signature[0], storage), dynamic=True)
+                s = st
+            if fn is None:
+                return members[i:]
+            slots = self.slots.get(fkey)
+            if slots is None:
+                slots = self.slots[fkey] = coefficient_slots(pattern, *key)
+            if not self._call(fkey, gi, fn, (p.grad, p.detach(), s, fill(slots, values))):
+                return members[i:]
+            st["step"] += 1
+        return []

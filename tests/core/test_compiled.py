@@ -1,0 +1,241 @@
+"""compile=True: the same numbers as eager, one graph for any lr schedule, state_dicts shared with eager, flat
+views that keep the model's parameters and gradients working, and an eager fallback with a warning."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import gradwise as gw
+from gradwise.core import ChainOptimizer, Transform
+from gradwise.core.registry import entry
+from gradwise.transforms import sgd_step
+
+SHAPES = [(4, 3), (3,), (2, 3, 2, 2), (1,)]
+LRS = {"adagradnorm": 1.0}  # its lr is the length of a step (as in tests/optim/test_generic.py)
+
+
+def make_params(dtypes=(torch.float64,), shapes=SHAPES, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for dtype in dtypes for s in shapes]
+
+
+def clone(params):
+    return [p.detach().clone().requires_grad_() for p in params]
+
+
+def backward(params, k, skip=()):
+    total = sum((torch.sin(p * (1 + k % 3 + i)) * p).sum() + 0.1 * (p**2).sum()
+                for i, p in enumerate(params) if i not in skip)
+    total.backward()
+
+
+def train(opt, params, steps, start=0, set_to_none=True, lrs=None, skip=None):
+    for k in range(start, start + steps):
+        opt.zero_grad(set_to_none=set_to_none)
+        backward(params, k, skip=(skip or {}).get(k, ()))
+        if lrs is not None:
+            for group in opt.param_groups:
+                group["lr"] = lrs[k]
+        opt.step()
+
+
+def assert_close(actual, expected, rtol):
+    for a, e in zip(actual, expected, strict=True):
+        a, e = torch.as_tensor(a).detach(), torch.as_tensor(e).detach()
+        assert a.dtype == e.dtype and a.shape == e.shape
+        scale = e.abs().max().clamp(min=1e-30) if e.numel() else 1
+        assert float((a - e).abs().max() / scale) <= rtol if e.numel() else True
+
+
+def graphs():
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_changing_lr_compiles_once_per_bucket_and_matches_eager(backend):
+    # one param group holding float32 and float64 parameters: two buckets, two graphs for 50 steps of a new lr
+    params = make_params((torch.float32, torch.float64))
+    lrs = [1e-2 * (1 + 0.5 * torch.cos(torch.tensor(k / 7.0)).item()) for k in range(50)]
+    eager = clone(params)
+    torch._dynamo.utils.counters.clear()
+    opt = gw.AdamW(params, compile=backend)
+    train(opt, params, 50, lrs=lrs)
+    assert graphs() == 2
+    ref = gw.AdamW(eager)
+    train(ref, eager, 50, lrs=lrs)
+    for dtype in (torch.float32, torch.float64):
+        pick = [i for i, p in enumerate(params) if p.dtype == dtype]
+        assert_close([params[i] for i in pick], [eager[i] for i in pick], RTOL[dtype])
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert_close([opt.state[params[i]][key] for i in pick], [ref.state[eager[i]][key] for i in pick],
+                         RTOL[dtype])
+    assert [float(opt.state[p]["step"]) for p in params] == [50.0] * len(params)
+
+
+def roundtrip(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+@pytest.mark.parametrize("first,second", [("aot_eager", False), (False, "aot_eager")])
+def test_state_dict_moves_between_compiled_and_eager(first, second):
+    params = make_params()
+    reference = clone(params)
+    ref_opt = gw.AdamW(reference, lr=1e-2, amsgrad=True)
+    train(ref_opt, reference, 10)
+
+    opt = gw.AdamW(params, lr=1e-2, amsgrad=True, compile=first)
+    train(opt, params, 5)
+    saved = roundtrip(opt.state_dict())
+    resumed = clone(params)
+    opt2 = gw.AdamW(resumed, lr=1e-2, amsgrad=True, compile=second)
+    opt2.load_state_dict(saved)
+    train(opt2, resumed, 5, start=5)
+    assert_close(resumed, reference, 1e-12)
+    for p, q in zip(resumed, reference, strict=True):
+        assert opt2.state[p].keys() == ref_opt.state[q].keys()
+        assert_close([opt2.state[p][k] for k in ref_opt.state[q]], list(ref_opt.state[q].values()), 1e-12)
+    # the state_dict of a compiled optimizer is torch's: one tensor per parameter, of its shape
+    sd = opt.state_dict()
+    assert [sd["state"][i]["exp_avg"].shape for i in range(len(params))] == [p.shape for p in params]
+
+
+def test_parameter_without_gradient_is_left_alone_as_in_eager():
+    # step 2 leaves out parameter 1, step 3 parameter 0: their step counts then differ for the rest of the run
+    skip = {2: (1,), 3: (0,)}
+    params = make_params(shapes=[(5,), (3,), (4,), (2,)])  # one rank: the per-parameter path compiles once
+    eager = clone(params)
+    opt = gw.AdamW(params, lr=1e-2, compile="aot_eager")
+    ref = gw.AdamW(eager, lr=1e-2)
+    train(opt, params, 3, skip=skip)
+    train(ref, eager, 3, skip=skip)
+    assert_close(params, eager, 1e-12)
+    train(opt, params, 4, start=3, skip=skip)
+    train(ref, eager, 4, start=3, skip=skip)
+    assert_close(params, eager, 1e-12)
+    assert [float(opt.state[p]["step"]) for p in params] == [float(ref.state[p]["step"]) for p in eager] == [6, 6, 7, 7]
+
+
+def _plain_update(u, p, s, t):
+    return u * 0.5
+
+
+class HalvedSGD(ChainOptimizer):
+    """SGD on half the gradient, the halving written as a plain (not yet converted) transform."""
+
+    defaults = dict(lr=1e-2)
+
+    def chain(self, h):
+        return (Transform(_plain_update), sgd_step(h.lr))
+
+
+def test_unconverted_transform_falls_back_to_eager_with_one_warning():
+    params = make_params()
+    eager = clone(params)
+    opt = HalvedSGD(params, compile="aot_eager")
+    with pytest.warns(UserWarning, match=r"param group 0 runs eagerly: transform 0 of the chain .* has no kernel"):
+        train(opt, params, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(opt, params, 2, start=1)
+    train(HalvedSGD(eager), eager, 3)
+    assert_close(params, eager, 0.0)
+
+
+def test_kernel_capturing_an_object_falls_back():
+    def kernel(u, p, s, c):
+        p.add_(u * c[0] * holder.scale)
+        return u
+
+    holder = type("Holder", (), {"scale": 1.0})()
+
+    class Odd(ChainOptimizer):
+        defaults = dict(lr=1e-2)
+
+        def chain(self, h):
+            return (gw.core.kernel_transform(kernel, lambda t: (-h.lr,), writes=True, elementwise=True),)
+
+    params = make_params()
+    opt = Odd(params, compile="aot_eager")
+    with pytest.warns(UserWarning, match="captures a Holder"):
+        train(opt, params, 1)
+
+
+def test_flat_views_keep_the_model_and_its_gradients_working():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1))
+    reference = copy.deepcopy(model)
+    x = torch.randn(8, 5)
+    opt = gw.create("adamw", model, lr=1e-2, compile="aot_eager")
+    ref = gw.create("adamw", reference, lr=1e-2)
+    for k in range(6):
+        for m, o in ((model, opt), (reference, ref)):
+            o.zero_grad(set_to_none=k % 2 == 0)
+            (m(x * (k + 1)) ** 2).mean().backward()
+            o.step()
+        for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), name
+    # parameters and gradients are views of the flat buffers (two groups: decayed and not)
+    layouts = list(opt._compiled.layouts.values())
+    assert sum(len(layout.members) for layout in layouts) == 4
+    for layout in layouts:
+        for p, g in zip(layout.members, layout.grads, strict=True):
+            assert p.untyped_storage().data_ptr() == layout.param.untyped_storage().data_ptr()
+            assert p.grad is g
+    # backward after zero_grad(set_to_none=False) accumulates into the flat gradient buffer itself
+    opt.zero_grad(set_to_none=False)
+    (model(x) ** 2).mean().backward()
+    expected = torch.cat([layout.grad for layout in layouts]).abs().sum()
+    assert float(expected) > 0
+    assert torch.allclose(expected, sum(p.grad.abs().sum() for p in model.parameters()))
+    # loading a model state_dict writes into the views
+    model.load_state_dict(reference.state_dict())
+    for layout in layouts:
+        p = layout.members[0]
+        assert torch.equal(layout.param[: p.numel()], p.detach().reshape(-1))
+    # model.double() replaces the views: the next step gathers float64 buffers and still matches eager
+    for m, o in ((model, opt), (reference, ref)):
+        m.double()
+        for state in o.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = state[key].double()
+        o.zero_grad()
+        (m(x.double()) ** 2).mean().backward()
+        o.step()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        assert a.dtype == torch.float64 and torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert all(key[1][0] == torch.float64 for key in opt._compiled.layouts)
+
+
+@pytest.mark.parametrize("name", gw.available())
+def test_every_optimizer_compiled_matches_eager(name):
+    if entry(name).kind == "sampler":
+        pytest.skip("samplers draw noise: compiled and eager random streams differ")
+    lr = LRS.get(name, 1e-2)
+    params = make_params()
+    eager = clone(params)
+    opt = gw.create(name, params, lr=lr, compile="aot_eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(opt, params, 5)
+    fallbacks = [str(w.message) for w in caught if "runs eagerly" in str(w.message)]
+    unconverted = [message for message in fallbacks if "has no kernel yet" in message]
+    if unconverted:  # until its transforms are in the split form: then this test holds it to eager's numbers
+        pytest.skip(unconverted[0])
+    assert not fallbacks
+    ref = gw.create(name, eager, lr=lr)
+    train(ref, eager, 5)
+    assert_close(params, eager, 1e-10)
+    for p, q in zip(params, eager, strict=True):
+        assert opt.state[p].keys() == ref.state[q].keys()
