@@ -32,7 +32,8 @@ from gradwise.sampling import (
 
 METHODS = {   # label: (method, options)
     "euler": ("euler", {}), "heun": ("heun", {}), "ddim": ("ddim", {}), "ddim_eta1": ("ddim", {"eta": 1.0}),
-    "dpmpp_2m": ("dpmpp_2m", {}), "dpmpp_2m_sde": ("dpmpp_2m_sde", {}), "plms": ("plms", {}),
+    "dpmpp_2m": ("dpmpp_2m", {}), "deis": ("deis", {}), "deis_2": ("deis", {"order": 2}),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", {}), "plms": ("plms", {}),
     "euler_maruyama": ("euler_maruyama", {}),
     "langevin_pc": ("langevin", {"predictor": "euler_maruyama"}),
     "langevin_x2": ("langevin", {"corrector_steps": 2}),

@@ -130,6 +130,8 @@ def test_mismatched_shapes_and_types_raise():
     ("ddim", {"eta": 1.5}, "eta"), ("ddim", {"eta": -0.1}, "eta"), ("dpmpp_2m_sde", {"eta": -1.0}, "eta"),
     ("hb", {"beta": 0.0}, "beta"), ("hb", {"base": "rk4"}, "base"), ("hb", {"order": 5}, "order"),
     ("ghvb", {"beta": 1.5}, "beta"), ("ghvb", {"order": 0}, "order"),
+    ("deis", {"order": 4}, "order"), ("deis", {"order": 0}, "order"),
+    ("deis", {"lower_order_final": 1}, "lower_order_final"),
     ("langevin", {"snr": 0.0}, "snr"), ("langevin", {"corrector_steps": 0}, "corrector_steps"),
     ("langevin", {"predictor": "rk"}, "predictor"), ("langevin", {"step_size": -1.0}, "step_size"),
     ("adaptive", {"atol": 0.0}, "atol"), ("adaptive", {"rtol": -1.0}, "rtol"),
@@ -154,7 +156,7 @@ class Counting:
 
 
 EXPECTED_NFE = {   # 10 steps ending at 0
-    "euler": 10, "ddim": 10, "dpmpp_2m": 10, "dpmpp_2m_sde": 10, "euler_maruyama": 10, "hb": 10, "ghvb": 10,
+    "euler": 10, "ddim": 10, "deis": 10, "dpmpp_2m": 10, "dpmpp_2m_sde": 10, "euler_maruyama": 10, "hb": 10, "ghvb": 10,
     "heun": 19, "plms": 11, "langevin": 11, "restart": 19 + 2 * 2 * 3,
 }
 
@@ -218,7 +220,7 @@ def test_batch_shape_is_free_and_one_sample_works(method):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
-@pytest.mark.parametrize("method", ["euler", "heun", "ddim", "dpmpp_2m", "plms", "hb", "ghvb"])
+@pytest.mark.parametrize("method", ["euler", "heun", "ddim", "deis", "dpmpp_2m", "plms", "hb", "ghvb"])
 def test_low_precision_inputs_track_float64(method, dtype, tol):
     mixture, sigmas, x = _problem(n=20, batch=256)
     ref = sample(mixture, x, sigmas, method=method, generator=torch.Generator().manual_seed(3)).sample

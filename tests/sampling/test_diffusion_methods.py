@@ -7,6 +7,7 @@ The test bed (3 modes in 3-D) is the non-convex problem."""
 
 import math
 
+import numpy
 import pytest
 import torch
 
@@ -308,3 +309,62 @@ def test_restart_is_heun_composed_with_noise_injections():
     assert ours.nfe == (2 * 20 - 1) + 2 * 2 * 4
     no_restart = sample(mixture, x, sigmas, method="restart", restart_repeats=0).sample
     torch.testing.assert_close(no_restart, sample(mixture, x, sigmas, method="heun").sample, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- DEIS
+# Zhang & Chen 2022 (arXiv:2204.13902), the multistep exponential integrator: the ODE dx/dsigma = e, e = (x - D)
+# / sigma, integrated over the polynomial in log(sigma) through the last k values of e. The reference
+# integrates that interpolant by 32-point Gauss-Legendre quadrature instead of the closed form.
+def _deis_reference(mixture, sigmas, x, order):
+    nodes, gauss = (torch.tensor(a, dtype=torch.float64) for a in numpy.polynomial.legendre.leggauss(32))
+    levels = [float(s) for s in sigmas]
+    steps = len(levels) - 1
+    past, states = [], []
+    for i in range(steps):
+        s, s_next = levels[i], levels[i + 1]
+        e = (x - mixture(x, torch.tensor(s, dtype=torch.float64))) / s
+        past = [(math.log(s), e)] + past
+        k = min(order, i + 1, steps - i) if steps < 15 else min(order, i + 1)
+        points = past[:k]
+        quad = 0.5 * (s_next - s) * nodes + 0.5 * (s_next + s)     # quadrature points in sigma
+        interpolant = torch.zeros_like(x)
+        for j, (log_j, e_j) in enumerate(points):
+            basis = torch.ones_like(quad)
+            for m, (log_m, _) in enumerate(points):
+                if m != j:
+                    basis = basis * (quad.log() - log_m) / (log_j - log_m)
+            interpolant = interpolant + float((gauss * basis).sum() * 0.5 * (s_next - s)) * e_j
+        x = x + interpolant
+        states.append(x)
+    return states
+
+
+@pytest.mark.parametrize("order, steps", [(2, STEPS), (3, STEPS), (3, 10)])
+def test_deis_integrates_the_log_sigma_interpolant_exactly(order, steps):
+    mixture = easy_mixture(3, seed=1)
+    sigmas = karras_sigmas(steps + 1, sigma_min=0.01, sigma_max=20.0, append_zero=False)
+    x = sigmas[0] * torch.randn(16, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ours = sample(mixture, x, sigmas, method="deis", order=order, return_trajectory=True).trajectory[1:]
+    _assert_same(ours, _deis_reference(mixture, sigmas, x, order), 1e-10)
+
+
+def test_deis_order_one_is_ddim():
+    mixture, sigmas, x = _setup()
+    deis = sample(mixture, x, sigmas, method="deis", order=1, return_trajectory=True).trajectory
+    ddim = sample(mixture, x, sigmas, method="ddim", return_trajectory=True).trajectory
+    _assert_same(deis, ddim, 1e-12)
+
+
+def test_deis_higher_orders_are_more_accurate_and_the_step_to_zero_returns_the_denoiser():
+    """At 12 steps (lower-order final steps on) the error to a fine Heun flow falls with the order."""
+    mixture = easy_mixture(3, seed=1)
+    x = 20.0 * torch.randn(256, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    exact = sample(mixture, x, karras_sigmas(400, sigma_max=20.0), method="heun").sample
+    sigmas = karras_sigmas(12, sigma_max=20.0)
+    errors = []
+    for order in (1, 2, 3):
+        result = sample(mixture, x, sigmas, method="deis", order=order, return_trajectory=True)
+        before_last = result.trajectory[-2]
+        torch.testing.assert_close(result.sample, mixture(before_last, sigmas[-2]), rtol=0, atol=0)
+        errors.append(float((result.sample - exact).norm(dim=1).pow(2).mean().sqrt()))
+    assert errors[2] < errors[1] < 0.5 * errors[0], errors

@@ -11,6 +11,8 @@ Mapping between our EDM parametrisation and diffusers (documented once here):
   the step index, so we overwrite `scheduler.sigmas` (float64) with ours.
 * The model handed to each scheduler is our denoiser seen through the scheduler's `prediction_type`:
   "sample" (x0) where supported, "epsilon" = (x - D) / sigma for PNDM.
+* DEISMultistep keeps EDM sigmas too (overwritten likewise) and works in float64; its "deis" algorithm
+  integrates polynomials in log sigma, which cannot reach sigma = 0, so its schedules end at sigma_min.
 * Euler's and DPMSolverMultistep's `step` upcast the sample to float32 internally, so those trajectories
   agree to float32 accuracy (we assert relative 1e-5). The others agree to 1e-7: float64, but DDIM and
   PNDM go through alpha_bar = 1 / (1 + sigma^2) and back through 1 - alpha_bar, which loses about
@@ -25,6 +27,7 @@ import torch
 pytest.importorskip("diffusers")
 from diffusers import (  # noqa: E402
     DDIMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
@@ -172,3 +175,24 @@ def test_plms_matches_diffusers_pndm_with_skip_prk_steps():
             done = len(theirs) + 1
             theirs.append(z * (1 + sigmas[done] ** 2).sqrt())
     _assert_same(result.trajectory[1:], theirs, 1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # diffusers' np.log on 0-d tensors
+@pytest.mark.parametrize("order, steps", [(1, STEPS), (2, STEPS), (3, STEPS), (3, 9)])
+def test_deis_matches_diffusers_deis_multistep(order, steps):
+    """Orders 1-3 over 40 steps; 9 steps (< 15) also checks diffusers' lower_order_final on the last two."""
+    mixture = easy_mixture(3, seed=1)
+    sigmas = karras_sigmas(steps + 1, sigma_min=0.01, sigma_max=20.0, append_zero=False)
+    x = sigmas[0] * torch.randn(16, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    result = sample(mixture, x, sigmas, method="deis", order=order, return_trajectory=True)
+    assert result.nfe == steps
+    sched = DEISMultistepScheduler(solver_order=order, algorithm_type="deis", prediction_type="sample",
+                                   lower_order_final=True)
+    sched.set_timesteps(steps)
+    sched.sigmas = sigmas.clone()
+    z, theirs = x / (1 + sigmas[0] ** 2).sqrt(), []
+    for i, t in enumerate(sched.timesteps):
+        s = sigmas[i]
+        z = sched.step(mixture(z * (1 + s ** 2).sqrt(), s), t, z).prev_sample
+        theirs.append(z * (1 + sigmas[i + 1] ** 2).sqrt())
+    _assert_same(result.trajectory[1:], theirs, 1e-9)   # both float64: ~1e-12 observed

@@ -7,7 +7,8 @@ import torch
 from gradwise.sampling import easy_mixture, karras_sigmas, sample, steps_for_nfe
 
 # largest RMS distance to the exact flow allowed at 100 NFE: first-order methods (euler, ddim) get twice as much
-DETERMINISTIC = {"euler": 0.1, "heun": 0.05, "ddim": 0.1, "dpmpp_2m": 0.05, "plms": 0.05, "hb": 0.05, "ghvb": 0.05}
+DETERMINISTIC = {"euler": 0.1, "heun": 0.05, "ddim": 0.1, "deis": 0.05, "dpmpp_2m": 0.05, "plms": 0.05, "hb": 0.05,
+                 "ghvb": 0.05}
 STOCHASTIC = {"ddim_eta1": ("ddim", {"eta": 1.0}), "dpmpp_2m_sde": ("dpmpp_2m_sde", {}),
               "euler_maruyama": ("euler_maruyama", {}), "restart": ("restart", {}),
               "langevin_pc": ("langevin", {"predictor": "euler_maruyama"}),
@@ -56,7 +57,7 @@ def test_stochastic_distribution_error_falls_with_nfe(bed, name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("method", ["heun", "dpmpp_2m", "plms", "ghvb"])
+@pytest.mark.parametrize("method", ["heun", "deis", "dpmpp_2m", "plms", "ghvb"])
 def test_second_order_methods_at_50_nfe_reproduce_weights_and_means(method, dtype):
     mixture = easy_mixture(2)
     x = 80.0 * torch.randn(20000, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
