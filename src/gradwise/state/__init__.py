@@ -11,6 +11,8 @@ Per-group hyper-parameters it adds:
     as in the paper's implementation (small tensors save little and are often sensitive: biases, norms).
   state_dtype (None or a torch floating dtype, default None): keep the state tensors that are not
     quantized in this dtype (e.g. torch.bfloat16: 2 bytes per value), rounded to nearest.
+  stochastic_rounding (bool, default False): bfloat16 parameters are updated in float32 and written back
+    with stochastic rounding (see `gradwise.state.rounding`).
 
 With the defaults (32 bits, no dtype) the option does nothing and the state is exactly torch's.
 
@@ -33,11 +35,12 @@ import torch
 from ..core.engine import EngineOption, Storage, Work, extend
 from ..core.validation import Integer, OneOf, Optional
 from .quantize import dequantize, dynamic_map, max_error, quantize
+from .rounding import ROUNDING, stochastic_round
 from .storage import ABSMAX, NON_NEGATIVE, FloatStorage, QuantizedStorage, dequantize_state, is_quantized
 
 __all__ = [
-    "NON_NEGATIVE", "STATE", "FloatStorage", "QuantizedStorage", "dequantize", "dequantize_state",
-    "dynamic_map", "is_quantized", "max_error", "quantize", "storage",
+    "NON_NEGATIVE", "ROUNDING", "STATE", "FloatStorage", "QuantizedStorage", "dequantize", "dequantize_state",
+    "dynamic_map", "is_quantized", "max_error", "quantize", "stochastic_round", "storage",
 ]
 
 STATE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
