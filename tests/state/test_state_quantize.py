@@ -107,3 +107,23 @@ def test_unsigned_map_stores_negative_values_as_zero():
 def test_quantize_refuses_a_non_positive_block():
     with pytest.raises(ValueError, match="block"):
         quantize(torch.ones(3), 0)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_table_look_up_picks_the_same_code_as_a_search_over_the_midpoints(signed):
+    from gradwise.state.quantize import _nearest_codes, _tables
+
+    values, midpoints = _tables(signed, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    up, down = torch.tensor(2.0), torch.tensor(-2.0)
+    x = torch.cat([
+        values, midpoints, -midpoints,  # codes, and ties between them
+        torch.nextafter(midpoints, up), torch.nextafter(midpoints, down),  # one float32 step either side
+        -torch.nextafter(midpoints, up), -torch.nextafter(midpoints, down),
+        torch.rand(200_000, generator=g) * 2 - 1,
+        (torch.rand(200_000, generator=g) * 2 - 1) * torch.logspace(-12, 0, 200_000),  # every decade
+        torch.tensor([0.0, -0.0, 1.0, -1.0, 1e-45, -1e-45, 5e-8, -5e-8, 4.9e-8, 2.0**-30, 2.0**-31]),
+    ]).clamp(-1.0, 1.0)
+    expected = torch.bucketize(x, midpoints)
+    assert torch.equal(_nearest_codes(x, signed).long(), expected)
+    assert torch.equal(_nearest_codes(x.view(-1, 1), signed).long().view(-1), expected)  # any shape
