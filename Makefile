@@ -10,7 +10,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test,lab]"
+	$(BIN)/pip install --quiet -e ".[test,lab,docs,integrations]"
 	touch $@
 
 .PHONY: install demo test lint
