@@ -11,6 +11,8 @@ mean error, cov = largest per-mode covariance error, out = outlier rate (0.01 is
 artifacts raise it). The first row of each table is exact samples: the Monte-Carlo floor of each metric
 (SW against a stratified exact reference; its floor is dominated by the mode-count noise of the samples).
 Then the two claims of the seed papers are checked at small scale and printed with their evidence.
+The method table and the runner live in `gradwise.lab.sampling_suite`, whose `gradwise lab sampling` command
+runs the same grid over seeds and writes rows, plots and an HTML page.
 """
 
 from __future__ import annotations
@@ -21,43 +23,11 @@ import time
 
 import torch
 
-from gradwise.sampling import (
-    easy_mixture,
-    high_dim_mixture,
-    ill_conditioned_mixture,
-    karras_sigmas,
-    sample,
-    steps_for_nfe,
-)
-
-METHODS = {   # label: (method, options)
-    "euler": ("euler", {}), "heun": ("heun", {}), "ddim": ("ddim", {}), "ddim_eta1": ("ddim", {"eta": 1.0}),
-    "dpmpp_2m": ("dpmpp_2m", {}), "deis": ("deis", {}), "deis_2": ("deis", {"order": 2}),
-    "dpmpp_2m_sde": ("dpmpp_2m_sde", {}), "plms": ("plms", {}),
-    "euler_maruyama": ("euler_maruyama", {}),
-    "langevin_pc": ("langevin", {"predictor": "euler_maruyama"}),
-    "langevin_x2": ("langevin", {"corrector_steps": 2}),
-    "hb_dpmpp_0.8": ("hb", {"base": "dpmpp_2m", "beta": 0.8}),
-    "hb_plms4_0.8": ("hb", {"base": "plms", "order": 4, "beta": 0.8}),
-    "ghvb_1.8": ("ghvb", {"order": 2, "beta": 0.8}), "ghvb_3.5": ("ghvb", {"order": 4, "beta": 0.5}),
-    "restart": ("restart", {}),
-}
-TOLERANCES = [(0.2, 0.05), (0.1, 0.02), (0.05, 0.0078), (0.02, 0.004), (0.01, 0.002)]   # (rtol, atol)
-
-
-def mixtures() -> dict:
-    return {"easy": easy_mixture(2), "ill": ill_conditioned_mixture(4), "highdim": high_dim_mixture(64)}
+from gradwise.lab.sampling_suite import METHODS, TOLERANCES, mixtures, run_method
 
 
 def run(mixture, x, label, nfe=None, tol=None, seed=2):
-    method, options = METHODS[label] if label in METHODS else ("adaptive", {})
-    if method == "adaptive":
-        sigmas = karras_sigmas(2, sigma_max=80.0)
-        options = {"rtol": tol[0], "atol": tol[1]}
-    else:
-        sigmas = karras_sigmas(steps_for_nfe(method, nfe, **options), sigma_max=80.0)
-    result = sample(mixture, x, sigmas, method=method, generator=torch.Generator().manual_seed(seed), **options)
-    return result.nfe, mixture.evaluate(result.sample)
+    return run_method(mixture, x, label, nfe=nfe, tol=tol, seed=seed)
 
 
 def fmt(q) -> str:
@@ -107,7 +77,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4000)
     parser.add_argument("--nfe", type=int, nargs="*", default=[5, 10, 20, 50, 100])
     parser.add_argument("--mixtures", nargs="*", default=["easy", "ill", "highdim"])
-    parser.add_argument("--methods", nargs="*", default=list(METHODS) + ["adaptive"])
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (tiny tensors: 1 is fastest)")
     parser.add_argument("--quick", action="store_true", help="1000 samples and NFE 5, 10, 20, 50")
     args = parser.parse_args()
