@@ -127,3 +127,9 @@ def test_table_look_up_picks_the_same_code_as_a_search_over_the_midpoints(signed
     expected = torch.bucketize(x, midpoints)
     assert torch.equal(_nearest_codes(x, signed).long(), expected)
     assert torch.equal(_nearest_codes(x.view(-1, 1), signed).long().view(-1), expected)  # any shape
+
+
+def test_signed_zero_index_is_the_position_of_zero_in_the_signed_map():
+    from gradwise.state.quantize import _SIGNED_ZERO
+
+    assert dynamic_map(True)[_SIGNED_ZERO] == 0 and (dynamic_map(True) < 0).sum() == _SIGNED_ZERO

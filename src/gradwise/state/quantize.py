@@ -79,6 +79,7 @@ def _tables(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
 _SHIFT = 23 - 8
 _LOWEST = (127 - 30) << 8  # first bucket: 2^-30 (anything smaller joins it); the smallest midpoint is 5e-8
 _BUCKETS = (30 + 1) << 8  # up to 2^1, past the largest magnitude, 1
+_SIGNED_ZERO = 127  # index of the code 0 in the signed map (127 negative codes below it)
 
 
 @functools.cache
@@ -112,8 +113,7 @@ def _nearest_codes(normalized: Tensor, signed: bool) -> Tensor:
     index = below.index_select(0, key).add_(above)
     if not signed:
         return index.view(normalized.shape)
-    zero = (len(dynamic_map(True)) - 1) // 2
-    return index.mul_(sign.view(-1) | 1).add_(zero).view(normalized.shape)
+    return index.mul_(sign.view(-1) | 1).add_(_SIGNED_ZERO).view(normalized.shape)
 
 
 def quantize(x: Tensor, block: int, signed: bool = True) -> tuple[Tensor, Tensor]:
