@@ -13,6 +13,7 @@ from torch import nn
 
 import gradwise as gw
 from gradwise.core import ChainOptimizer, Transform
+from gradwise.core.compiled import SCALAR_DOUBLE
 from gradwise.core.registry import entry
 from gradwise.transforms import sgd_step
 
@@ -43,6 +44,19 @@ def train(opt, params, steps, start=0, set_to_none=True, lrs=None, skip=None):
             for group in opt.param_groups:
                 group["lr"] = lrs[k]
         opt.step()
+
+
+def train_with_closure(opt, params, steps):
+    """Through step(closure), which every optimizer accepts (Polyak step sizes need the loss)."""
+    for k in range(steps):
+        def closure(k=k):
+            opt.zero_grad()
+            with torch.enable_grad():
+                loss = sum((torch.sin(p * (1 + k % 3 + i)) * p).sum() + 0.1 * (p**2).sum()
+                           for i, p in enumerate(params))
+            loss.backward()
+            return loss
+        opt.step(closure)
 
 
 def assert_close(actual, expected, rtol):
@@ -218,24 +232,46 @@ def test_flat_views_keep_the_model_and_its_gradients_working():
     assert all(key[1][0] == torch.float64 for key in opt._compiled.layouts)
 
 
+# dynamo's own backend (traces the chain into one graph and runs it op by op) keeps the suite fast; the
+# aot_eager variant (functionalization, decompositions: what inductor sees) is marked slow
+@pytest.mark.parametrize("backend", ["eager", pytest.param("aot_eager", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", gw.available())
-def test_every_optimizer_compiled_matches_eager(name):
+def test_every_optimizer_compiled_matches_eager(name, backend):
     if entry(name).kind == "sampler":
         pytest.skip("samplers draw noise: compiled and eager random streams differ")
     lr = LRS.get(name, 1e-2)
-    params = make_params()
-    eager = clone(params)
-    opt = gw.create(name, params, lr=lr, compile="aot_eager")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train(opt, params, 5)
-    fallbacks = [str(w.message) for w in caught if "runs eagerly" in str(w.message)]
-    unconverted = [message for message in fallbacks if "has no kernel yet" in message]
-    if unconverted:  # until its transforms are in the split form: then this test holds it to eager's numbers
-        pytest.skip(unconverted[0])
-    assert not fallbacks
+    for dtype in (torch.float64, torch.float32):
+        params = make_params((dtype,), shapes=[(4, 3), (2, 5)])  # one rank: one graph on the per-parameter path
+        eager = clone(params)
+        opt = gw.create(name, params, lr=lr, compile=backend)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train_with_closure(opt, params, 5)
+        fallbacks = [str(w.message) for w in caught if "runs eagerly" in str(w.message)]
+        unconverted = [message for message in fallbacks if "has no kernel yet" in message]
+        if unconverted:  # until its transforms are in the split form: then this test holds it to eager's numbers
+            pytest.skip(unconverted[0])
+        if fallbacks and all(SCALAR_DOUBLE in message for message in fallbacks):
+            continue  # float64 scalar state (a torch bug, see gradwise.core.compiled): compare in float32
+        assert not fallbacks
+        break
     ref = gw.create(name, eager, lr=lr)
-    train(ref, eager, 5)
-    assert_close(params, eager, 1e-10)
+    train_with_closure(ref, eager, 5)
+    assert_close(params, eager, 1e-10 if dtype == torch.float64 else 1e-5)
     for p, q in zip(params, eager, strict=True):
         assert opt.state[p].keys() == ref.state[q].keys()
+
+
+def test_state_storage_runs_per_parameter_inside_the_compiled_function():
+    # state_dtype=bfloat16: storage open/close run in the compiled per-parameter function (dynamo only here)
+    params = make_params((torch.float32,), shapes=[(6, 4), (5, 3)])
+    eager = clone(params)
+    opt = gw.AdamW(params, lr=1e-2, state_dtype=torch.bfloat16, compile="eager")
+    ref = gw.AdamW(eager, lr=1e-2, state_dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train(opt, params, 4)
+    train(ref, eager, 4)
+    assert_close(params, eager, 1e-6)
+    assert opt.state[params[0]]["exp_avg"].dtype == torch.bfloat16
+    assert not opt._compiled.layouts  # storage: no flat buffers

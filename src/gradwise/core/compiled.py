@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import operator
 import os
 import sys
 import types
@@ -44,6 +45,7 @@ MAX_SIGNATURES = 8  # distinct chain structures per param group before the group
 ALIGN = 16  # elements: each view in a flat buffer starts on a 64-byte boundary (float32)
 
 _names = itertools.count()
+_grad_of = operator.attrgetter("grad")
 _INTERNAL = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, f"{os.sep}torch{os.sep}")
 
 
@@ -80,7 +82,7 @@ def _value_key(v: Any, seen: frozenset[int]) -> Any:
         return ("dict", tuple((_value_key(k, seen), _value_key(x, seen)) for k, x in v.items()))
     if isinstance(v, (frozenset, set)):
         return ("set", frozenset(_value_key(x, seen) for x in v))
-    if isinstance(v, (types.BuiltinFunctionType, types.ModuleType, torch._ops.OpOverloadPacket)):
+    if isinstance(v, (type, types.BuiltinFunctionType, types.ModuleType, torch._ops.OpOverloadPacket)):
         return ("object", v)
     raise Unsupported(f"a kernel captures a {type(v).__name__} ({v!r:.60}), which cannot key a compiled graph")
 
@@ -158,6 +160,16 @@ def _storage_function(kernels: tuple[Callable, ...], maximize: bool, storage: An
     return run_chain_stored
 
 
+# torch 2.13: an in-place update of a 0-dim float64 tensor passed to a compiled function is lost (with the
+# aot_eager and inductor backends, dynamic or not: `b.add_(c); p.sub_(b)` leaves b unchanged and reads its old
+# value). Such parameters (and parameters with such state, AdaGrad-Norm's float64 b^2) run eagerly.
+SCALAR_DOUBLE = "0-dim float64 tensors updated in place are miscompiled by torch.compile (their update is lost)"
+
+
+def _scalar_double(v: Any) -> bool:
+    return isinstance(v, Tensor) and v.dim() == 0 and v.dtype == torch.float64
+
+
 # -- flat buffers ----------------------------------------------------------------------------------------------
 class FlatLayout:
     """One bucket's parameters, gradients and state as views of flat buffers (see the module docstring)."""
@@ -172,6 +184,7 @@ class FlatLayout:
             total += -(-n // ALIGN) * ALIGN
         keys = [k for k in states[0] if k != "step"]
         self.members = members
+        self.offsets = offsets
         self.states = states
         self.t = t
         self.param = torch.zeros(total, dtype=dtype, device=device)
@@ -179,7 +192,7 @@ class FlatLayout:
         self.state = {k: torch.zeros(total, dtype=states[0][k].dtype, device=device) for k in keys}
         self.steps = torch.full((len(members),), t, dtype=torch.float32)
         self.grads: list[Tensor] = []
-        self.views: list[tuple[tuple[str, Tensor], ...]] = []
+        self.views: dict[str, list[Tensor]] = {k: [] for k in (*keys, "step")}
         for i, (p, st, off, n) in enumerate(zip(members, states, offsets, sizes, strict=True)):
             view = self.param[off : off + n].view(p.shape)
             view.copy_(p.detach())
@@ -188,16 +201,22 @@ class FlatLayout:
             g.copy_(p.grad)
             p.grad = g
             self.grads.append(g)
-            entries = []
             for k in keys:
                 sv = self.state[k][off : off + n].view(p.shape)
                 sv.copy_(st[k])
                 st[k] = sv
-                entries.append((k, sv))
+                self.views[k].append(sv)
             st["step"] = self.steps[i]
-            entries.append(("step", st["step"]))
-            self.views.append(tuple(entries))
+            self.views["step"].append(st["step"])
         self.ptrs = [p.data_ptr() for p in members]
+
+    def keep_new_state(self, buffers: dict[str, Tensor]) -> None:
+        """Hand the tensors a kernel put in the flat state dict to each parameter's state, as views."""
+        for k, flat in self.state.items():
+            if buffers.get(k) is flat:
+                continue
+            for p, st, off in zip(self.members, self.states, self.offsets, strict=True):
+                st[k] = flat[off : off + p.numel()].view(p.shape)
 
     @staticmethod
     def eligible(members: list[Tensor], states: list[dict]) -> float | None:
@@ -222,20 +241,23 @@ class FlatLayout:
         return steps.pop() if len(steps) == 1 else None
 
     def matches(self, members: list[Tensor], state: dict) -> bool:
-        if len(members) != len(self.members):
-            return False
-        for p, q, ptr, st, views in zip(members, self.members, self.ptrs, self.states, self.views, strict=True):
-            if p is not q or p.data_ptr() != ptr:
-                return False
-            current = state.get(p)
-            if current is not st:
-                return False
-            for k, v in views:
-                if current.get(k) is not v:
-                    return False
-        return True
+        """Whether `members` are this layout's parameters, still views of its buffers, with its state."""
+        # map/operator keep these per-parameter checks out of the interpreter loop (1000 tensors: ~0.5 ms)
+        return (
+            len(members) == len(self.members)
+            and all(map(operator.is_, members, self.members))
+            and list(map(Tensor.data_ptr, members)) == self.ptrs
+            and all(map(operator.is_, map(state.get, members), self.states))
+            and all(
+                all(map(operator.is_, map(dict.get, self.states, itertools.repeat(k)), views))
+                for k, views in self.views.items()
+            )
+        )
 
     def attach_grads(self) -> None:
+        """Make each p.grad the view of the flat gradient buffer, copying the gradients that are not."""
+        if all(map(operator.is_, map(_grad_of, self.members), self.grads)):
+            return
         for p, view in zip(self.members, self.grads, strict=True):
             g = p.grad
             if g is not view:
@@ -272,10 +294,15 @@ class CompiledStep:
         state = self.optimizer.state
         plan: Plan = {}
         for gi, (_, params) in enumerate(work):
+            plan[gi] = {}
+            only = self._single_layout(gi)
+            if only is not None and only[1].matches(params, state):  # the common case: no bucketing needed
+                only[1].attach_grads()
+                plan[gi][only[0]] = (params, only[1])
+                continue
             buckets: dict[tuple, list[Tensor]] = {}
             for p in params:
                 buckets.setdefault((p.dtype, p.device), []).append(p)
-            plan[gi] = {}
             for key, members in buckets.items():
                 layout = self.layouts.get((gi, key))
                 if layout is not None and layout.matches(members, state):
@@ -284,6 +311,10 @@ class CompiledStep:
                     layout = None
                 plan[gi][key] = (members, layout)
         self._plan = (work, plan)
+
+    def _single_layout(self, gi: int) -> tuple[tuple, FlatLayout] | None:
+        found = [(key[1], layout) for key, layout in self.layouts.items() if key[0] == gi]
+        return found[0] if len(found) == 1 else None
 
     def gradients_finite(self, work: list[tuple[dict, list[Tensor]]]) -> bool:
         """The engine's check, with one reduction per flat gradient buffer instead of one per tensor."""
@@ -316,8 +347,11 @@ class CompiledStep:
             return self._eager(gi, params, f"transform {missing[0]} of the chain ({name}) has no kernel yet")
         try:
             signature = (bool(h.maximize), chain_signature(chain))
+            hash(storage)
         except Unsupported as error:
             return self._eager(gi, params, str(error))
+        except TypeError:
+            return self._eager(gi, params, f"its state storage {type(storage).__name__} is not hashable")
         known = self.signatures.setdefault(gi, set())
         if signature not in known and len(known) >= MAX_SIGNATURES:
             return self._eager(gi, params, f"the chain changed structure more than {MAX_SIGNATURES} times (a "
@@ -404,8 +438,13 @@ class CompiledStep:
         slots = self.slots.get(fkey)
         if slots is None:
             slots = self.slots[fkey] = coefficient_slots(pattern, *key)
+        buffers = dict(layout.state)
         if not self._call(fkey, gi, fn, (layout.grad, layout.param, layout.state, fill(slots, values))):
             return False
+        if len(layout.state) != len(buffers) or any(layout.state.get(k) is not v for k, v in buffers.items()):
+            # a kernel replaced or added a state tensor instead of updating in place
+            layout.keep_new_state(buffers)
+            del self.layouts[(gi, key)]
         layout.steps.add_(1)
         layout.t += 1
         return True
@@ -415,8 +454,13 @@ class CompiledStep:
         """The per-parameter path; returns the members it did not update."""
         state = self.optimizer.state
         kernels = tuple(tr.kernel for tr in chain)
+        rest = []
         for i, p in enumerate(members):
             st = state[p]
+            if _scalar_double(p) or any(_scalar_double(v) for k, v in st.items() if k != "step"):
+                self._warn(gi, SCALAR_DOUBLE)
+                rest.append(p)
+                continue
             if "step" not in st:
                 self.optimizer._init_state(p, st, chain)
                 if storage is not None:
@@ -425,7 +469,7 @@ class CompiledStep:
                 values = [tr.coefficients(float(st["step"]) + 1) for tr in chain]
                 pattern = coefficient_pattern(values)
             except Unsupported as error:
-                return self._eager(gi, members[i:], str(error))
+                return rest + self._eager(gi, members[i:], str(error))
             fkey = (gi, "each", key, signature, pattern, storage)
             if storage is None:
                 fn = self._function(fkey, lambda: _chain_function(kernels, signature[0]), dynamic=True)
@@ -434,11 +478,14 @@ class CompiledStep:
                 fn = self._function(fkey, lambda: _storage_function(kernels, signature[0], storage), dynamic=True)
                 s = st
             if fn is None:
-                return members[i:]
+                return rest + members[i:]
             slots = self.slots.get(fkey)
             if slots is None:
                 slots = self.slots[fkey] = coefficient_slots(pattern, *key)
-            if not self._call(fkey, gi, fn, (p.grad, p.detach(), s, fill(slots, values))):
-                return members[i:]
+            before = dict(s)
+            if not self._call(fkey, gi, fn, (p.grad, p, s, fill(slots, values))):
+                return rest + members[i:]
+            if s is not st:  # a kernel that put a new tensor in the state: keep it, as eager would
+                st.update((k, v) for k, v in s.items() if before.get(k) is not v)
             st["step"] += 1
-        return []
+        return rest
