@@ -31,6 +31,7 @@ state with `nonfinite="skip"`, the default.)
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -66,7 +67,21 @@ def max_error(signed: bool, bits: int = 8) -> float:
     return float((values[1:] - values[:-1]).max()) / 2
 
 
-@functools.cache
+def _per_device(build: Callable[[bool, torch.device], tuple[Tensor, Tensor]]) -> Callable:
+    """Memoise a table builder per (signed, device) in a plain dict: torch.compile reads a filled entry as a
+    constant, where through functools.cache it would trace the builder and rebuild the table in every step."""
+    tables: dict[tuple[bool, str], tuple[Tensor, Tensor]] = {}
+
+    def get(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = (signed, str(device))
+        if key not in tables:
+            tables[key] = build(signed, torch.device(device))
+        return tables[key]
+
+    return get
+
+
+@_per_device
 def _tables(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
     values = dynamic_map(signed).to(device)
     return values, (values[1:] + values[:-1]) / 2
@@ -82,7 +97,7 @@ _BUCKETS = (30 + 1) << 8  # up to 2^1, past the largest magnitude, 1
 _SIGNED_ZERO = 127  # index of the code 0 in the signed map (127 negative codes below it)
 
 
-@functools.cache
+@_per_device
 def _magnitude_tables(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
     """Per bucket: the number of midpoints (between non-negative codes) below it, and the midpoint inside it
     (infinity if none); then the same for negative values, whose ties go to the larger magnitude (the
