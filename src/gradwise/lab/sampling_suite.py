@@ -406,23 +406,31 @@ def quality_figure(results: SuiteResults, mixture: str, path: Path) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.6))
     styles = ["-", "--", ":", "-."]
+    resolution = 0.5 / results.config.samples   # an outlier rate of 0 is drawn here (log axis)
     for i, label in enumerate(results.config.methods):
         for ax, metric in zip(axes, ("swd", "outlier_rate"), strict=True):
-            points = [(n, v) for n, v in results.median(mixture, label, metric) if math.isfinite(v) and v > 0]
+            points = [(n, max(v, resolution) if metric == "outlier_rate" else v)
+                      for n, v in results.median(mixture, label, metric) if math.isfinite(v)]
+            points = [(n, v) for n, v in points if v > 0]
             if not points:
                 continue
             ax.plot([p[0] for p in points], [p[1] for p in points], styles[i % len(styles)],
                     color=COLORS[i % len(COLORS)], marker="o", ms=3, lw=1.3, label=label)
-    axes[0].axhline(results.floors[mixture], color="black", ls=":", lw=1, label="floor (exact samples)")
-    axes[1].axhline(0.01, color="black", ls=":", lw=1, label="exact (0.01)")
-    for ax, name in zip(axes, ("sliced Wasserstein distance", "outlier rate"), strict=True):
+    axes[0].axhline(results.floors[mixture], color="grey", ls=":", lw=1.5, label="SWD floor (exact samples)")
+    axes[1].axhline(0.01, color="black", ls=":", lw=1, label="outlier rate of exact samples (0.01)")
+    names = ("sliced Wasserstein distance", f"outlier rate (0 drawn at {resolution:.2g})")
+    for ax, name in zip(axes, names, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("NFE (denoiser evaluations)")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_title(f"{mixture}: median over {results.config.seeds} seeds, {results.config.samples} samples")
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    handles, labels = axes[1].get_legend_handles_labels()
+    floor_handle, floor_label = axes[0].get_legend_handles_labels()
+    handles += floor_handle[-1:]
+    labels += floor_label[-1:]
+    axes[1].legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.savefig(path, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
