@@ -127,3 +127,19 @@ def test_float32_parameters_are_untouched_by_the_option():
 def test_bad_stochastic_rounding_value_is_refused_by_name():
     with pytest.raises((TypeError, ValueError), match="stochastic_rounding"):
         gw.AdamW([torch.zeros(3, requires_grad=True)], stochastic_rounding="yes")
+
+
+@pytest.mark.parametrize("name", [n for n in gw.available() if gw.core.registry.entry(n).kind == "optimizer"
+                                  and not getattr(gw.get(n), "needs_loss", False)])
+def test_every_optimizer_runs_bfloat16_parameters_with_stochastic_rounding(name):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=g).bfloat16().requires_grad_() for s in [(16, 20), (5,)]]
+    start = [p.detach().clone() for p in params]
+    opt = gw.create(name, params, lr=1.0 if name == "adagradnorm" else 1e-2, stochastic_rounding=True)
+    for k in range(3):
+        opt.zero_grad()
+        sum((torch.sin(p.float() * (1 + k)) * p.float()).sum() for p in params).backward()
+        opt.step()
+    for p, p0 in zip(params, start, strict=True):
+        assert p.dtype == torch.bfloat16 and torch.isfinite(p).all() and not torch.equal(p, p0)
+        assert all(not key.startswith("_") for key in opt.state[p]) and isinstance(opt.state[p]["rounding_seed"], int)

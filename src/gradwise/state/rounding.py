@@ -2,7 +2,7 @@
 
 Per-group hyper-parameter it adds:
   stochastic_rounding (bool, default False): for bfloat16 parameters, the step works on a float32 copy of
-    the parameter (the gradient and the state tensors of the parameter's shape are read as float32 too) and
+    the parameter (the gradient and the bfloat16 or float16 state tensors are read as float32 too) and
     the new parameter is written back rounded stochastically: up or down to one of its two bfloat16
     neighbours, with the probabilities that make the expected result the float32 value. Rounding to
     nearest loses every update smaller than half a bfloat16 step (1/256 of the parameter's magnitude): a
@@ -76,14 +76,8 @@ class _Seeds:
         return _mix(torch.initial_seed(), self.position[id(p)])
 
 
-def _narrow(p: Tensor, key: str, value: object) -> bool:
-    return (
-        key != "step"
-        and isinstance(value, Tensor)
-        and value.is_floating_point()
-        and value.shape == p.shape
-        and value.dtype in (torch.bfloat16, torch.float16)
-    )
+def _narrow(key: str, value: object) -> bool:
+    return key != "step" and isinstance(value, Tensor) and value.dtype in (torch.bfloat16, torch.float16)
 
 
 def _open(seeds: _Seeds) -> Transform:
@@ -95,12 +89,15 @@ def _open(seeds: _Seeds) -> Transform:
     def kernel(u: Tensor, p: Tensor, s: State, c: tuple) -> Tensor:
         if p.dtype != torch.bfloat16:
             return u
-        narrow = {key: value for key, value in s.items() if _narrow(p, key, value)}
+        narrow = {key: value for key, value in s.items() if _narrow(key, value)}
         for key, value in narrow.items():
             s[key] = value.float()
         s[NARROW] = narrow
-        s[PARAMETER] = p.float()
-        return u.float()
+        s[PARAMETER] = work = p.float()
+        if p.grad is None:
+            return u.float()
+        work.grad = p.grad.float()  # for transforms that read the raw gradient (AdamP's projection test)
+        return work.grad if u is p.grad else u.float()
 
     return kernel_transform(kernel, init=init)
 
