@@ -15,7 +15,7 @@ def test_available_lists_registered_names_and_get_returns_the_class():
 
 def test_unknown_name_suggests_the_nearest():
     with pytest.raises(ValueError, match="Did you mean 'adamw'"):
-        gw.create("adamv", [torch.zeros(1, requires_grad=True)])
+        gw.create("adamww", [torch.zeros(1, requires_grad=True)])
 
 
 def test_unknown_hyper_parameter_lists_accepted_and_suggests():
