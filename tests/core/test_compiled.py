@@ -275,3 +275,12 @@ def test_state_storage_runs_per_parameter_inside_the_compiled_function():
     assert_close(params, eager, 1e-6)
     assert opt.state[params[0]]["exp_avg"].dtype == torch.bfloat16
     assert not opt._compiled.layouts  # storage: no flat buffers
+
+
+def test_compile_flag_is_checked_and_not_saved():
+    params = make_params()
+    with pytest.raises(ValueError, match="compile"):
+        gw.create("adamw", params, compile="fast")
+    opt = gw.create("adamw", params, compile="aot_eager")
+    assert opt.compile == "aot_eager" and "compile" not in opt.state_dict()["param_groups"][0]
+    assert gw.AdamW(params).compile is False

@@ -189,6 +189,7 @@ class FlatLayout:
         self.t = t
         self.param = torch.zeros(total, dtype=dtype, device=device)
         self.grad = torch.zeros(total, dtype=dtype, device=device)
+        self.param.grad = self.grad  # for kernels that read p.grad, as they may in eager
         self.state = {k: torch.zeros(total, dtype=states[0][k].dtype, device=device) for k in keys}
         self.steps = torch.full((len(members),), t, dtype=torch.float32)
         self.grads: list[Tensor] = []
