@@ -49,3 +49,30 @@ def test_bad_arguments_say_what_is_wrong(tmp_path):
     assert result.exit_code == 2 and "lab.db" in result.output
     result = cli.invoke(app, ["lab", "worker", "--storage", f"sqlite:///{tmp_path / 'empty.db'}"])
     assert result.exit_code == 2 and "no lab plan" in result.output
+
+
+def test_lab_claims_prints_verdicts_and_fails_when_one_did_not_hold(monkeypatch):
+    from gradwise.lab import claims
+
+    result = cli.invoke(app, ["lab", "claims", "nope"])
+    assert result.exit_code == 2 and "nope" in result.output and "grokfast-grokking" in result.output
+    picked = []
+
+    def fake(names=None):
+        picked.append(names)
+        return [(claims.CLAIMS[1], "held", "F1 evidence"), (claims.CLAIMS[2], "did not hold", "grok evidence")]
+
+    monkeypatch.setattr(claims, "reproductions", fake)
+    result = cli.invoke(app, ["lab", "claims", "diffgrad-f1,grokfast-grokking"], env={"COLUMNS": "200"})
+    assert picked == [["diffgrad-f1", "grokfast-grokking"]]
+    assert result.exit_code == 1 and "did not hold" in result.output and "F1 evidence" in result.output
+
+
+def test_lab_run_with_weight_averaging_prints_both_losses(tmp_path):
+    result = cli.invoke(app, ["lab", "run", "--average", "median", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "median" in result.output
+    args = ["lab", "run", "--problems", "belief-abs", "--optimizers", "adamw+cautious", "--trials", "1",
+            "--seeds", "1", "--average", "ema:0.9", "--out", str(tmp_path)]
+    result = cli.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "raw and averaged model" in result.output and "adamw+cautious" in result.output

@@ -58,6 +58,16 @@ def _report(storage: str, out: Path) -> Path:
     for row in leaderboard_rows(results):
         table.add_row(*row)
     console.print(table)
+    if results.plan.average:
+        from .lab.report import averaged_header, averaged_rows
+
+        for problem in results.plan.problems:
+            averaged = Table(title=f"{problem}: raw and averaged model")
+            for column in averaged_header(results, problem):
+                averaged.add_column(column)
+            for row in averaged_rows(results, problem):
+                averaged.add_row(*row)
+            console.print(averaged)
     if results.plan.suite == "paper":
         from .lab.claims import verdicts
 
@@ -82,12 +92,15 @@ def lab_run(
     storage: Annotated[str | None, typer.Option(help="SQLAlchemy URL; default: sqlite in --out")] = None,
     out: Annotated[Path, typer.Option(help="folder for the storage and the report")] = Path("lab-results"),
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
+    average: Annotated[str | None, typer.Option(
+        help="also evaluate a weight average of each model: ema[:DECAY], swa[:START] or lawa[:K[:EVERY]]")] = None,
 ) -> None:
-    """Tune every optimizer, re-run the best configurations over seeds, write the report. Resumes."""
+    """Tune every optimizer, re-run the best configurations over seeds, write the report. Resumes.
+    Optimizer names may carry variants: adamw+grokfast, adamw+cautious, adamw+8bit."""
     from .lab.runner import Plan, run_lab, storage_url
 
     try:
-        plan = Plan.make(suite, _split(problems), _split(optimizers), trials, seeds, tune_weight_decay)
+        plan = Plan.make(suite, _split(problems), _split(optimizers), trials, seeds, tune_weight_decay, average)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     url = storage_url(out, storage)
@@ -135,6 +148,29 @@ def lab_list() -> None:
     console.print(f"optimizers: {', '.join(chosen)}")
     for name, reason in skipped.items():
         console.print(f"not benchmarked: {name} ({reason})")
+
+
+@lab_app.command("claims")
+def lab_claims(
+    names: Annotated[str | None, typer.Argument(help="comma-separated claims; default: every reproducible one")] = None,
+) -> None:
+    """Reproduce the papers' claims directly, each at one fixed configuration (CPU seconds to a minute each),
+    and say per claim whether it held. Exits with 1 when one did not."""
+    from .lab.claims import reproductions
+
+    table = Table(title="paper claims, reproduced at fixed settings")
+    for column in ("claim", "source", "verdict", "evidence"):
+        table.add_column(column)
+    try:
+        with console.status("reproducing the claims"):
+            found = reproductions(_split(names))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    for claim, verdict, evidence in found:
+        table.add_row(claim.name, claim.source, verdict, evidence)
+    console.print(table)
+    if any(verdict != "held" for _, verdict, _ in found):
+        raise typer.Exit(1)
 
 
 @lab_app.command("worker")

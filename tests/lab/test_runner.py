@@ -31,11 +31,11 @@ class Interrupt:
         self.stop_at, self.calls, self.finished = stop_at, 0, []
         self.real = REAL_TRAIN
 
-    def __call__(self, prob, optimizer, params, seed):
+    def __call__(self, prob, optimizer, params, seed, average=None):
         self.calls += 1
         if self.calls == self.stop_at:
             raise KeyboardInterrupt
-        result = self.real(prob, optimizer, params, seed)
+        result = self.real(prob, optimizer, params, seed, average)
         self.finished.append((prob.name, optimizer, tuple(sorted(params.items())), seed))
         return result
 

@@ -3,8 +3,9 @@
 Definitions (the protocol in `gradwise.lab` states them for readers):
   final value    the metric at the last evaluation; a diverged run counts as the worst value (inf loss,
                  zero accuracy), never dropped.
-  target         per problem, from the tuned AdamW baseline's seed runs: the value of its target metric
-                 reached by at least half of them, i.e. the ceil(n/2)-th best final value.
+  target         per problem, the problem's fixed goal if it declares one (grokking: 95 % validation
+                 accuracy); otherwise from the tuned AdamW baseline's seed runs: the value of its target
+                 metric reached by at least half of them, i.e. the ceil(n/2)-th best final value.
   time to target per run, the first evaluation step (and the training wall time until then) at which the
                  target metric is at least as good as the target; a run that never gets there is a miss.
                  Per (problem, optimizer): the ceil(n/2)-th smallest over seeds, i.e. the time by which
@@ -52,7 +53,7 @@ class Cell:
     runs: list[Run] = field(default_factory=list)
 
     def finals(self, metric: str) -> list[float]:
-        worst = 0.0 if metric == "accuracy" else math.inf
+        worst = 0.0 if metric.endswith("accuracy") else math.inf
         out = []
         for r in self.runs:
             value = r.final.get(metric)
@@ -119,6 +120,11 @@ def load(storage: optuna.storages.BaseStorage) -> Results:
     return Results(plan, cells, errors, environments)
 
 
+def validation_metric(prob: Problem) -> str:
+    """The metric the averaged model is compared on: validation loss, or the value of a test function."""
+    return "val_loss" if "val_loss" in prob.metrics else "loss"
+
+
 def _better(a: float, b: float, higher: bool) -> bool:
     return a >= b if higher else a <= b
 
@@ -129,7 +135,10 @@ def _kth_best(values: list[float], higher: bool) -> float:
 
 
 def target(results: Results, problem: str) -> float | None:
-    """The problem's target: the value of its target metric that half the AdamW seed runs reach."""
+    """The problem's target: its fixed goal where it declares one (grokking: 95 % validation accuracy), else
+    the value of its target metric that half the AdamW seed runs reach."""
+    if PROBLEMS[problem].goal is not None:
+        return PROBLEMS[problem].goal
     cell = results.cells.get((problem, BASELINE))
     if cell is None or not cell.runs:
         return None

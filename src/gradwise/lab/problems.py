@@ -53,6 +53,9 @@ class Problem:
     target: str  # metric the time-to-target is measured on
     higher_is_better: bool
     build: Callable[[int], Instance] = field(repr=False, compare=False)
+    weight_decay: float = 0.0  # used when weight decay is not tuned (grokking needs some to happen at all)
+    goal: float | None = None  # a fixed target for `target` (grokking: 95 % validation accuracy); None: AdamW's
+    extra_metrics: tuple[str, ...] = ()
 
     def instance(self, seed: int) -> Instance:
         torch.manual_seed(seed)
@@ -60,7 +63,8 @@ class Problem:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return ("loss",) if self.kind == "function" else ("loss", "val_loss", "test_loss", "accuracy")
+        base = ("loss",) if self.kind == "function" else ("loss", "val_loss", "test_loss", "accuracy")
+        return base + self.extra_metrics
 
 
 # -- 2-D test functions ------------------------------------------------------------------------------
@@ -155,6 +159,76 @@ def _function_problem(name: str, steps: int = 200) -> Problem:
         name=name, description=description, kind="function", steps=steps, eval_every=1,
         lr_range=(1e-4, 1.0), objective="loss", target="loss", higher_is_better=False,
         build=functools.partial(FunctionInstance, surface),
+    )
+
+
+# -- 1-D test functions of the diffGrad paper ------------------------------------------------------------
+@dataclass(frozen=True)
+class Curve:
+    """A 1-D function with its global minimum, a starting point and the x-range its plots show."""
+
+    f: Callable[[Tensor], Tensor]
+    start: float
+    minimum: float
+    window: tuple[float, float]
+    jitter: float = 0.02
+
+
+class Scalar(nn.Module):
+    def __init__(self, x: Tensor) -> None:
+        super().__init__()
+        self.x = nn.Parameter(x)
+
+
+class CurveInstance(Instance):
+    def __init__(self, curve: Curve, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        start = torch.tensor([curve.start]) + curve.jitter * torch.randn(1, generator=g)
+        self.curve = curve
+        self.model = Scalar(start)
+
+    def train_loss(self, step: int) -> Tensor:
+        return self.curve.f(self.model.x).sum()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        return {"loss": float(self.curve.f(self.model.x).sum())}
+
+    def point(self) -> tuple[float, float]:
+        """(x, f(x)): a 1-D run's path is drawn on the graph of f."""
+        with torch.no_grad():
+            return (float(self.model.x[0]), float(self.curve.f(self.model.x).sum()))
+
+
+def diffgrad_f1(x: Tensor) -> Tensor:
+    """(x + 0.3)^2 for x <= 0, (x - 0.2)^2 + 0.05 for x > 0: diffGrad paper, F1; global minimum 0 at
+    x = -0.3, a local minimum 0.05 at x = 0.2."""
+    return torch.where(x <= 0, (x + 0.3) ** 2, (x - 0.2) ** 2 + 0.05)
+
+
+def diffgrad_f3(x: Tensor) -> Tensor:
+    """diffGrad paper, F3: x^2 for |x| >= 0.5, 0.75 - |x| for 0.4 <= |x| < 0.5, 7|x|/8 for |x| < 0.4 (the
+    slopes of the authors' notebook, diffGrad_analytical.ipynb); global minimum 0 at x = 0, local minima
+    0.25 at x = +-0.5 behind bumps of height 0.35 at x = +-0.4."""
+    a = x.abs()
+    return torch.where(a >= 0.5, x * x, torch.where(a >= 0.4, 0.75 - a, 0.875 * a))
+
+
+CURVES: dict[str, tuple[Curve, str]] = {
+    "diffgrad-f1": (Curve(diffgrad_f1, -1.0, -0.3, (-1.2, 1.0)),
+                    "diffGrad paper F1 (1-D): (x + 0.3)^2 left of 0, (x - 0.2)^2 + 0.05 right of it; start -1"),
+    "diffgrad-f3": (Curve(diffgrad_f3, -1.0, 0.0, (-1.2, 1.2)),
+                    "diffGrad paper F3 (1-D): a V-shaped global minimum at 0 between two local minima at "
+                    "+-0.5; start -1"),
+}
+
+
+def _curve_problem(name: str, steps: int = 300) -> Problem:
+    curve, description = CURVES[name]
+    return Problem(
+        name=name, description=description, kind="function", steps=steps, eval_every=1,
+        lr_range=(1e-3, 1.0), objective="loss", target="loss", higher_is_better=False,
+        build=functools.partial(CurveInstance, curve),
     )
 
 
@@ -325,8 +399,83 @@ class LanguageModelInstance(Instance):
         return out
 
 
+# -- modular-arithmetic grokking ----------------------------------------------------------------------------
+@functools.cache
+def modular_data(p: int, train_fraction: float, operation: str = "+") -> dict[str, Tensor]:
+    """Every pair (a, b) of residues mod p with label (a + b) mod p (or a * b), split once with a fixed seed:
+    `train_fraction` of the pairs for training, the rest halved into validation and test."""
+    if operation not in ("+", "*"):
+        raise ValueError(f"operation={operation!r} is not supported: choose '+' or '*'")
+    a = torch.arange(p).repeat_interleave(p)
+    b = torch.arange(p).repeat(p)
+    y = (a + b) % p if operation == "+" else (a * b) % p
+    order = torch.randperm(p * p, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_train = int(train_fraction * p * p)
+    n_val = (p * p - n_train) // 2
+    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    out = {}
+    for part, index in parts.items():
+        out[f"x_{part}"] = torch.stack([a[index], b[index]], 1)
+        out[f"y_{part}"] = y[index]
+    return out
+
+
+class PairMLP(nn.Module):
+    """Embeds a and b (one shared table), concatenates them and maps them through one hidden ReLU layer to
+    the p residues: the MLP form of the Grokfast paper's algorithmic toy."""
+
+    def __init__(self, p: int, width: int, hidden: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(p, width)
+        self.hidden = nn.Linear(2 * width, hidden)
+        self.out = nn.Linear(hidden, p)
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        return self.out(F.relu(self.hidden(self.embed(pairs).flatten(1))))
+
+
+class GrokkingInstance(Instance):
+    """Training on the training pairs: full batch (batch_size None; the seed fixes only the initialisation)
+    or mini-batches drawn with replacement by a seeded generator."""
+
+    def __init__(self, p: int, train_fraction: float, width: int, hidden: int, seed: int,
+                 batch_size: int | None = None) -> None:
+        self.data = modular_data(p, train_fraction)
+        self.model = PairMLP(p, width, hidden)
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def train_loss(self, step: int) -> Tensor:
+        x, y = self.data["x_train"], self.data["y_train"]
+        if self.batch_size is not None:
+            index = torch.randint(0, len(y), (self.batch_size,), generator=self.generator)
+            x, y = x[index], y[index]
+        return F.cross_entropy(self.model(x), y)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        out = {}
+        for part, key in (("train", "loss"), ("val", "val_loss"), ("test", "test_loss")):
+            logits = self.model(self.data[f"x_{part}"])
+            out[key] = float(F.cross_entropy(logits, self.data[f"y_{part}"]))
+            right = float((logits.argmax(1) == self.data[f"y_{part}"]).float().mean())
+            if part == "val":
+                out["val_accuracy"] = right
+            elif part == "test":
+                out["accuracy"] = right
+        return out
+
+
+# Chosen so that grokking shows within a few thousand steps on a CPU. Mini-batches matter: with full-batch
+# gradients Grokfast's filter has no fast (noise) component to separate from the slow one, and at these
+# sizes we measured no speed-up (lr 1e-3: 95 % not reached by either within 6000 steps, Grokfast behind).
+GROKKING = dict(p=47, train_fraction=0.5, width=32, hidden=64, batch_size=64)
+GROKKING_WEIGHT_DECAY = 1.0
+
+
 def _all_problems() -> dict[str, Problem]:
     problems = [_function_problem(name) for name in SURFACES]
+    problems += [_curve_problem(name) for name in CURVES]
     problems += [
         _classification("logreg-digits", "logistic regression on digits (64 features, 10 classes)",
                         "digits", linear, 200),
@@ -337,6 +486,16 @@ def _all_problems() -> dict[str, Problem]:
         _classification("cnn-digits", "two-layer CNN (8, 16 channels) on the 8x8 digit images",
                         "digits", cnn, 300, image=True),
     ]
+    problems.append(Problem(
+        name="grokking", description=f"modular addition mod {GROKKING['p']} (Grokfast paper's toy, MLP form: "
+        f"embedding {GROKKING['width']}, hidden {GROKKING['hidden']}), {GROKKING['train_fraction']:.0%} of the "
+        f"pairs for training, batches of {GROKKING['batch_size']}, weight decay {GROKKING_WEIGHT_DECAY:g}; "
+        "target 95 % validation accuracy",
+        kind="classification", steps=8000, eval_every=50, lr_range=(3e-4, 3e-2), objective="val_loss",
+        target="val_accuracy", higher_is_better=True, weight_decay=GROKKING_WEIGHT_DECAY, goal=0.95,
+        extra_metrics=("val_accuracy",),
+        build=lambda seed: GrokkingInstance(seed=seed, **GROKKING),
+    ))
     problems.append(Problem(
         name="char-lm", description="character-level transformer (2 layers, width 64, context 64) on Python's "
         "reference documentation (pydoc_data, PSF License)", kind="language-model", steps=300, eval_every=25,
@@ -359,6 +518,7 @@ class Suite:
     seeds: int
     tune_weight_decay: bool
     description: str
+    variants: tuple[str, ...] = ()  # optimizer variants ("adamw+grokfast") the suite adds to the optimizers
 
 
 SUITES: dict[str, Suite] = {
@@ -368,10 +528,12 @@ SUITES: dict[str, Suite] = {
                    description="minutes on a laptop CPU: every 2-D function and three small networks"),
     "standard": Suite("standard", tuple(PROBLEMS), trials=30, seeds=10, tune_weight_decay=True,
                       description="every problem, 30 trials (learning rate and weight decay), 10 seeds"),
-    "paper": Suite("paper", ("belief-abs", "belief-skew-abs", "belief-quadratic", "char-lm"),
+    "paper": Suite("paper", ("belief-abs", "belief-skew-abs", "belief-quadratic", "diffgrad-f1", "diffgrad-f3",
+                             "grokking", "char-lm"),
                    trials=10, seeds=3, tune_weight_decay=False,
                    description="the problems behind the papers' headline claims; the report says per claim "
-                               "whether it held (gradwise.lab.claims)"),
+                               "whether it held (gradwise.lab.claims)",
+                   variants=("adamw+grokfast", "adamw+cautious", "adamw+8bit")),
 }
 
 

@@ -21,7 +21,7 @@ import torch
 from . import analysis
 from .analysis import Results
 from .environment import environment
-from .problems import PROBLEMS, SUITES, SURFACES
+from .problems import CURVES, PROBLEMS, SUITES, SURFACES
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]
@@ -68,7 +68,7 @@ def curves_figure(results: Results, problem: str) -> str:
     """Loss (and accuracy) against steps: median over seeds, band from min to max."""
     plt = _pyplot()
     prob = PROBLEMS[problem]
-    panels = ["loss"] if prob.kind == "function" else ["loss", "accuracy"]
+    panels = ["loss"] if prob.kind == "function" else ["loss", prob.target]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False)
     goal = analysis.target(results, problem)
     for ax, metric in zip(axes[0], panels, strict=True):
@@ -90,6 +90,8 @@ def curves_figure(results: Results, problem: str) -> str:
             ax.set_yscale("log")
         ax.set_xlabel("step")
         accuracy = "next-character accuracy (test)" if prob.kind == "language-model" else "test accuracy"
+        if metric == "val_accuracy":
+            accuracy = "validation accuracy"
         ax.set_ylabel("training loss" if metric == "loss" else accuracy)
         ax.grid(alpha=0.3)
     axes[0][0].set_title(problem)
@@ -97,8 +99,35 @@ def curves_figure(results: Results, problem: str) -> str:
     return _png(fig)
 
 
+def curve_path_figure(results: Results, problem: str) -> str:
+    """The graph of a 1-D function and each optimizer's path (x, f(x)) on it for its first evaluation seed."""
+    plt = _pyplot()
+    curve = CURVES[problem][0]
+    x0, x1 = curve.window
+    xs = torch.linspace(x0, x1, 400)
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ax.plot(xs.numpy(), curve.f(xs).numpy(), color="grey", lw=1.2)
+    for o in results.optimizers:
+        runs = results.cell(problem, o).runs
+        if not runs or not runs[0].trajectory:
+            continue
+        path = [p for p in runs[0].trajectory if all(math.isfinite(c) for c in p)]
+        color = _color(results, o)
+        ax.plot([p[0] for p in path], [p[1] for p in path], ".", color=color, ms=2.5, alpha=0.5)
+        ax.plot([path[-1][0]], [path[-1][1]], "o", color=color, ms=6, label=f"{o}: ends at x={path[-1][0]:.3g}")
+    ax.plot([curve.minimum], [float(curve.f(torch.tensor(curve.minimum)))], "x", color="orange", ms=10, mew=2.5,
+            label="global minimum")
+    ax.set_xlim(x0, x1)
+    ax.set_xlabel("x")
+    ax.set_title(f"{problem}: paths (seed 0, tuned lr)")
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
 def trajectory_figure(results: Results, problem: str) -> str:
     """Contours of a 2-D function and each optimizer's path for its first evaluation seed."""
+    if problem in CURVES:
+        return curve_path_figure(results, problem)
     plt = _pyplot()
     surface = SURFACES[problem][0]
     x0, x1, y0, y1 = surface.window
@@ -199,6 +228,30 @@ def problem_rows(results: Results, problem: str) -> list[list[str]]:
 PROBLEM_HEADER = ["optimizer", "final train loss: median [min, max]", "test accuracy: median [min, max]",
                   "steps to target", "seconds to target", "seeds on target", "diverged", "tuned"]
 
+
+def _span(summary: tuple[float, float, float] | None) -> str:
+    return f"{_fmt(summary[0])} [{_fmt(summary[1])}, {_fmt(summary[2])}]" if summary else "-"
+
+
+def averaged_rows(results: Results, problem: str) -> list[list[str]]:
+    """Per optimizer: the final validation loss (the function value for test functions) of the raw model and of
+    its weight average (`--average`), median [min, max] over seeds."""
+    metric = analysis.validation_metric(PROBLEMS[problem])
+    rows = []
+    for o in results.optimizers:
+        cell = results.cell(problem, o)
+        raw, averaged = cell.summary(metric), cell.summary(f"avg_{metric}")
+        gain = "-" if not raw or not averaged else _fmt(averaged[0] - raw[0], 3)
+        rows.append([o, _span(raw), _span(averaged), gain])
+    return rows
+
+
+def averaged_header(results: Results, problem: str) -> list[str]:
+    metric = analysis.validation_metric(PROBLEMS[problem])
+    name = "validation loss" if metric == "val_loss" else "final loss"
+    return ["optimizer", f"{name}: raw model", f"{name}: averaged ({results.plan.average})",
+            "averaged - raw (medians)"]
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;
 color:#222}
@@ -215,10 +268,11 @@ def render(results: Results, protocol: str) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>gradwise lab: {plan.suite}</title>"
              f"<style>{STYLE}</style></head><body>"]
     parts.append(f"<h1>gradwise lab report: suite <code>{html.escape(plan.suite)}</code></h1>")
+    averaging = f"; weight averaging {html.escape(plan.average)} evaluated beside the raw model" if plan.average else ""
     parts.append(
         f"<p class='small'>{len(plan.problems)} problems, {len(results.optimizers)} optimizers, "
         f"{plan.trials} tuning trials each (lr{' and weight decay' if plan.tune_weight_decay else ''}), "
-        f"{plan.seeds} seeds. Rendered {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>")
+        f"{plan.seeds} seeds{averaging}. Rendered {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>")
     parts.append("<h2>Leaderboard</h2>")
     parts.append(_table(LEADERBOARD_HEADER, leaderboard_rows(results)))
     parts.append("<p class='small'>score: AlgoPerf-style area under the performance profile (steps to target, "
@@ -237,6 +291,8 @@ def render(results: Results, protocol: str) -> str:
                      f"{html.escape(prob.target)} {'&ge;' if prob.higher_is_better else '&le;'} {_fmt(goal)} "
                      "(from the tuned AdamW baseline).</p>")
         parts.append(_table(PROBLEM_HEADER, problem_rows(results, problem)))
+        if plan.average:
+            parts.append(_table(averaged_header(results, problem), averaged_rows(results, problem)))
         if any(results.cell(problem, o).runs for o in results.optimizers):
             parts.append(f"<img alt='curves {html.escape(problem)}' "
                          f"src='data:image/png;base64,{curves_figure(results, problem)}'>")

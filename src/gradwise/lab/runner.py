@@ -46,6 +46,14 @@ EVAL_SEED_OFFSET = 1000  # evaluation seed i trains with seed 1000 + i: never a 
 WEIGHT_DECAY_RANGE = (1e-5, 1e-1)
 # Registered optimizers the lab never benchmarks, with the reason (samplers are skipped by their `kind`).
 EXCLUDED: dict[str, str] = {}
+# Variants: "<optimizer>+<variant>[+<variant>...]" runs the optimizer with engine options switched on, at their
+# papers' defaults. The 8-bit variant quantises every state tensor (state_min_size=0): the lab's models are
+# small, and the paper's default (tensors under 4096 elements stay 32-bit) would leave nearly all of them as is.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "grokfast": {"grokfast": "ema"},  # Lee et al. 2024: EMA filter, alpha=0.98, lamb=2.0
+    "cautious": {"cautious": True},  # Liang et al. 2024: C-<optimizer>
+    "8bit": {"state_bits": 8, "state_min_size": 0},  # Dettmers et al. 2022: block-wise 8-bit state
+}
 
 Event = Callable[[str, dict[str, Any]], None]
 
@@ -55,6 +63,17 @@ def _quiet(event: str, data: dict[str, Any]) -> None:
 
 
 # -- which optimizers ---------------------------------------------------------------------------------
+def split_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """("adamw", {"cautious": True}) for "adamw+cautious": the registered name and the options its variants add."""
+    base, *variants = name.split("+")
+    options: dict[str, Any] = {}
+    for v in variants:
+        if v not in VARIANTS:
+            raise ValueError(f"optimizers={name!r}: variant {v!r} is unknown: choose from {', '.join(VARIANTS)}")
+        options.update(VARIANTS[v])
+    return base, options
+
+
 def benchmarkable() -> tuple[list[str], dict[str, str]]:
     """The registered optimizers the lab runs by default, and the skipped ones with the reason."""
     chosen, skipped = [], {}
@@ -77,10 +96,11 @@ def resolve_optimizers(names: Sequence[str] | None) -> list[str]:
         out = []
         for name in names:
             key = name.strip().lower()
-            if key not in known:
-                gw.get(key)  # raises the registry's error, with its suggestion
-            if key in skipped:
-                raise ValueError(f"optimizers={name!r} cannot be benchmarked: {skipped[key]}")
+            base = split_variant(key)[0]
+            if base not in known:
+                gw.get(base)  # raises the registry's error, with its suggestion
+            if base in skipped:
+                raise ValueError(f"optimizers={name!r} cannot be benchmarked: {skipped[base]}")
             if key not in out:
                 out.append(key)
         chosen = out
@@ -100,10 +120,12 @@ class Plan:
     seeds: int
     tune_weight_decay: bool
     created: float = field(default_factory=time.time)
+    average: str | None = None  # weight averaging whose model is evaluated beside the raw one (parse_average)
 
     def __post_init__(self) -> None:
         for name in self.problems:
             problem(name)
+        parse_average(self.average, 100)
         if self.trials < 1:
             raise ValueError(f"trials={self.trials} is out of range: need at least 1 tuning trial")
         if self.seeds < 1:
@@ -112,24 +134,32 @@ class Plan:
     @classmethod
     def make(cls, suite: str = "quick", problems: Sequence[str] | None = None,
              optimizers: Sequence[str] | None = None, trials: int | None = None, seeds: int | None = None,
-             tune_weight_decay: bool | None = None) -> Plan:
+             tune_weight_decay: bool | None = None, average: str | None = None) -> Plan:
         s = SUITES.get(suite)
         if s is None:
             raise ValueError(f"suite={suite!r} is unknown: choose from {', '.join(SUITES)}")
+        chosen = resolve_optimizers(optimizers)
+        if optimizers is None:  # the suite's variants join the default list (the paper suite's claims need them)
+            chosen += [v for v in s.variants if v not in chosen]
         return cls(
             suite=suite,
             problems=list(problems or s.problems),
-            optimizers=resolve_optimizers(optimizers),
+            optimizers=chosen,
             trials=s.trials if trials is None else trials,
             seeds=s.seeds if seeds is None else seeds,
             tune_weight_decay=s.tune_weight_decay if tune_weight_decay is None else tune_weight_decay,
+            average=average or None,
         )
 
+    @property
+    def _suffix(self) -> str:
+        return ("-wd" if self.tune_weight_decay else "") + (f"-avg-{self.average}" if self.average else "")
+
     def tune_study(self, problem_name: str, optimizer: str) -> str:
-        return f"{problem_name}/{optimizer}/tune-{self.trials}{'-wd' if self.tune_weight_decay else ''}"
+        return f"{problem_name}/{optimizer}/tune-{self.trials}{self._suffix}"
 
     def seeds_study(self, problem_name: str, optimizer: str) -> str:
-        return f"{problem_name}/{optimizer}/seeds-{self.trials}{'-wd' if self.tune_weight_decay else ''}"
+        return f"{problem_name}/{optimizer}/seeds-{self.trials}{self._suffix}"
 
     @property
     def units(self) -> int:
@@ -213,32 +243,91 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def hyper_parameters(optimizer: str, params: dict[str, float]) -> dict[str, float]:
-    """The arguments given to `gw.create`: the tuned lr, and weight decay (tuned, or 0) where accepted."""
+def hyper_parameters(optimizer: str, params: dict[str, float]) -> dict[str, Any]:
+    """The arguments given to `gw.create`: the tuned lr, weight decay (tuned, else the problem's, else 0) where
+    accepted, any other fixed hyper-parameter in `params` (a claim's reproduction sets betas), and the options
+    of the optimizer's variants."""
     import inspect
 
-    accepted = inspect.signature(gw.get(optimizer)).parameters
-    hyper = {"lr": params["lr"]}
+    base, options = split_variant(optimizer)
+    accepted = inspect.signature(gw.get(base)).parameters
+    hyper: dict[str, Any] = {"lr": params["lr"]}
     if "weight_decay" in accepted:
         hyper["weight_decay"] = params.get("weight_decay", 0.0)
-    return hyper
+    hyper.update({k: v for k, v in params.items() if k not in ("lr", "weight_decay")})
+    return {**hyper, **options}
 
 
-def train(prob: Problem, optimizer: str, params: dict[str, float], seed: int) -> RunResult:
-    """Train `prob` with `optimizer` at `params` (lr, optional weight_decay) for prob.steps steps."""
+def build_optimizer(optimizer: str, model: torch.nn.Module, params: dict[str, float]) -> torch.optim.Optimizer:
+    """`gw.create` for an optimizer name that may carry variants ("adamw+cautious")."""
+    return gw.create(split_variant(optimizer)[0], model, **hyper_parameters(optimizer, params))
+
+
+def parse_average(spec: str | None, steps: int) -> Callable[[torch.nn.Module], Any] | None:
+    """The weight averager a spec asks for, as a factory of `gradwise.averaging` objects, or None.
+
+    "ema[:DECAY]" (default 0.999), "swa[:START]" (running mean from step START; a number below 1 is a share
+    of the steps; default 0.5), "lawa[:K[:EVERY]]" (mean of the last K checkpoints taken every EVERY steps;
+    defaults 5 and steps // 20)."""
+    if not spec:
+        return None
+    from .. import averaging
+
+    kind, *args = spec.strip().lower().split(":")
+    try:
+        numbers = [float(a) for a in args]
+    except ValueError:
+        numbers = None
+    limits = {"ema": 1, "swa": 1, "lawa": 2}
+    if kind not in limits or numbers is None or len(numbers) > limits[kind]:
+        raise ValueError(f"average={spec!r} is not understood: use ema[:DECAY], swa[:START] or lawa[:K[:EVERY]]")
+    if kind == "ema":
+        decay = numbers[0] if numbers else 0.999
+        return lambda model: averaging.EMA(model, decay)
+    if kind == "swa":
+        start = numbers[0] if numbers else 0.5
+        first = int(start * steps) if start < 1 else int(start)
+        return lambda model: averaging.SWA(model, start=max(0, first))
+    k = int(numbers[0]) if numbers else 5
+    every = int(numbers[1]) if len(numbers) > 1 else max(1, steps // 20)
+    return lambda model: averaging.LAWA(model, k, every=every)
+
+
+def _evaluate_with(inst: Any, module: torch.nn.Module) -> dict[str, float]:
+    """The instance's evaluation with `module` (an averaged copy of its model) in the model's place."""
+    model = inst.model
+    inst.model = module
+    try:
+        return inst.evaluate()
+    finally:
+        inst.model = model
+
+
+def train(prob: Problem, optimizer: str, params: dict[str, float], seed: int,
+          average: str | None = None) -> RunResult:
+    """Train `prob` with `optimizer` (a registered name, possibly with variants: "adamw+cautious") at `params`
+    (lr, optional weight_decay; the problem's weight decay otherwise) for prob.steps steps. With `average`
+    (see `parse_average`), a weight average of the model is kept beside it and every evaluation also records
+    the averaged model's metrics, as "avg_<metric>"."""
     inst = prob.instance(seed)
-    opt = gw.create(optimizer, inst.model, **hyper_parameters(optimizer, params))
-    curve: dict[str, list[float | None]] = {"step": [], "time": [], **{m: [] for m in prob.metrics}}
+    opt = build_optimizer(optimizer, inst.model, {"weight_decay": prob.weight_decay, **params})
+    make_average = parse_average(average, prob.steps)
+    averager = make_average(inst.model) if make_average else None
+    metrics = list(prob.metrics) + ([f"avg_{m}" for m in prob.metrics] if averager is not None else [])
+    curve: dict[str, list[float | None]] = {"step": [], "time": [], **{m: [] for m in metrics}}
     trajectory = [inst.point()] if prob.kind == "function" else None
     elapsed, diverged = 0.0, False
 
     def record(step: int) -> bool:
         values = inst.evaluate()
+        if averager is not None:
+            averaged = _evaluate_with(inst, averager.module)
+            values.update({f"avg_{m}": averaged[m] for m in prob.metrics})
         curve["step"].append(step)
         curve["time"].append(elapsed)
-        for m in prob.metrics:
+        for m in metrics:
             curve[m].append(_finite(values[m]))
-        return all(math.isfinite(v) for v in values.values())
+        return all(math.isfinite(values[m]) for m in prob.metrics)
 
     record(0)
     for step in range(1, prob.steps + 1):
@@ -248,13 +337,15 @@ def train(prob: Problem, optimizer: str, params: dict[str, float], seed: int) ->
         loss.backward()
         opt.step()
         elapsed += time.perf_counter() - start
+        if averager is not None:
+            averager.update(inst.model)
         if trajectory is not None:
             trajectory.append(inst.point())
         if step % prob.eval_every == 0 or step == prob.steps:
             if not record(step):
                 diverged = True
                 break
-    final = {m: curve[m][-1] for m in prob.metrics}
+    final = {m: curve[m][-1] for m in metrics}
     return RunResult(curve, trajectory, final, diverged, elapsed)
 
 
@@ -373,7 +464,7 @@ class Lab:
                 params = {"lr": trial.suggest_float("lr", *prob.lr_range, log=True)}
                 if self.plan.tune_weight_decay:
                     params["weight_decay"] = trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE, log=True)
-                result = train(prob, optimizer, params, TUNING_SEED)
+                result = train(prob, optimizer, params, TUNING_SEED, self.plan.average)
                 trial.set_user_attr("run", asdict(result))
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)
@@ -405,7 +496,7 @@ class Lab:
                 study.tell(trial, state=TrialState.FAIL)
                 continue
             try:
-                result = train(prob, optimizer, params, EVAL_SEED_OFFSET + seed)
+                result = train(prob, optimizer, params, EVAL_SEED_OFFSET + seed, self.plan.average)
                 trial.set_user_attr("run", {**asdict(result), "params": params, "seed": seed})
             except BaseException:
                 study.tell(trial, state=TrialState.FAIL)
@@ -418,7 +509,7 @@ class Lab:
         """Build the optimizer once on the first problem; the error message if it cannot be built."""
         prob = PROBLEMS[self.plan.problems[0]]
         try:
-            gw.create(optimizer, prob.instance(0).model, **hyper_parameters(optimizer, {"lr": 1e-3}))
+            build_optimizer(optimizer, prob.instance(0).model, {"lr": 1e-3})
         except (TypeError, ValueError) as error:
             return f"{type(error).__name__}: {error}"
         return None
