@@ -11,17 +11,21 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
   each kernel's code plus the contents of its closure, recursively. A kernel that captures a number puts it
   in the key, so a change of that number compiles again (and after MAX_SIGNATURES, the group runs eagerly).
 - Flat path, when every transform is elementwise, the group keeps plain state (no `state_bits`/`state_dtype`),
-  and all parameters of the bucket have a gradient, a contiguous layout and the same step count: the
-  parameters, their gradients and their state become views of one flat buffer each (`p.data`, `p.grad` and
-  `state[p][key]` are re-pointed), and one compiled call updates the whole bucket. `state_dict` still hands
-  out one tensor per parameter in torch's format. Every step checks, by identity and data pointer, that the
-  views are still in place (`load_state_dict`, `model.to`, `zero_grad(set_to_none=True)` replace them); a
-  gradient that is not the view is copied in and the view attached as `p.grad`, so that backward
-  accumulates straight into the flat buffer from then on (with `zero_grad(set_to_none=False)`).
+  and the parameters of a (group, dtype, device) bucket that have a gradient this step are contiguous and
+  share one step count: those parameters, their gradients and their state become views of one flat buffer
+  each (`p.data`, `p.grad` and `state[p][key]` are re-pointed), and one compiled call updates the bucket.
+  When the set of parameters with a gradient changes, the buffers are gathered again (the old ones live on
+  while a parameter still views them); step counts that drift apart send the bucket to the next path.
+  `state_dict` still hands out one tensor per parameter in torch's format. Every step checks, by identity
+  and data pointer, that the views are still in place (`load_state_dict`, `model.to`,
+  `zero_grad(set_to_none=True)` replace them); a gradient that is not the view is copied in and the view
+  attached as `p.grad`, so that backward accumulates straight into the flat buffer from then on (with
+  `zero_grad(set_to_none=False)`).
 - Per-parameter path otherwise: one function compiled with dynamic shapes, called for each parameter, with
   the group's storage `open`/`close` inside it.
 - Fallback: a chain with a transform that has no kernel, a kernel capturing something the key cannot
   describe, or a compilation error runs eagerly, with one warning per group and reason: never wrong numbers.
+  So do parameters that are, or keep state that is, 0-dim float64 on the per-parameter path (SCALAR_DOUBLE).
 """
 
 from __future__ import annotations
