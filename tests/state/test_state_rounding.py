@@ -143,3 +143,13 @@ def test_every_optimizer_runs_bfloat16_parameters_with_stochastic_rounding(name)
     for p, p0 in zip(params, start, strict=True):
         assert p.dtype == torch.bfloat16 and torch.isfinite(p).all() and not torch.equal(p, p0)
         assert all(not key.startswith("_") for key in opt.state[p]) and isinstance(opt.state[p]["rounding_seed"], int)
+
+
+def test_float32_state_dtype_keeps_float32_moments_for_bfloat16_weights_with_stochastic_rounding():
+    _, wide = train(torch.bfloat16, 20, stochastic_rounding=True, state_dtype=torch.float32)
+    _, narrow = train(torch.bfloat16, 20, stochastic_rounding=True)
+    _, eight = train(torch.bfloat16, 20, stochastic_rounding=True, state_bits=8, state_min_size=0, state_block=128)
+    v = wide.state[wide.param_groups[0]["params"][0]]["exp_avg_sq"]
+    assert v.dtype == torch.float32 and not torch.equal(v.bfloat16().float(), v)  # not rounded to bfloat16
+    assert narrow.state[narrow.param_groups[0]["params"][0]]["exp_avg_sq"].dtype == torch.bfloat16
+    assert eight.state[eight.param_groups[0]["params"][0]]["exp_avg_sq"].dtype == torch.uint8

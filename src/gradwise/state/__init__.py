@@ -48,11 +48,12 @@ STATE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 def storage(h: SimpleNamespace) -> Storage | None:
     """The storage a param group's hyper-parameters ask for, or None for the plain state."""
+    wide = bool(getattr(h, "stochastic_rounding", False))  # bfloat16 parameters step in float32
     if h.state_bits == 8:
-        small = None if h.state_dtype is None else FloatStorage(h.state_dtype)
-        return QuantizedStorage(block=h.state_block, min_size=h.state_min_size, small=small)
+        small = None if h.state_dtype is None else FloatStorage(h.state_dtype, wide)
+        return QuantizedStorage(block=h.state_block, min_size=h.state_min_size, small=small, float32_for_bfloat16=wide)
     if h.state_dtype is not None:
-        return FloatStorage(h.state_dtype)
+        return FloatStorage(h.state_dtype, wide)
     return None
 
 

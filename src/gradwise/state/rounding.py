@@ -7,8 +7,9 @@ Per-group hyper-parameter it adds:
     neighbours, with the probabilities that make the expected result the float32 value. Rounding to
     nearest loses every update smaller than half a bfloat16 step (1/256 of the parameter's magnitude): a
     parameter near 1 trained at lr=1e-3 never moves. Rounded stochastically, such updates add up on
-    average. State tensors keep their stored dtype (round to nearest; with `state_dtype` or `state_bits`
-    as chosen). Parameters of any other dtype are left alone.
+    average. State tensors keep their stored dtype (rounded to nearest); with `state_dtype` or `state_bits`
+    the storage reads them as float32 directly, so `state_dtype=torch.float32` keeps float32 moments for
+    bfloat16 weights. Parameters of any other dtype are left alone.
 
 The random bits: each bfloat16 parameter draws a seed on its first step, from `torch.initial_seed()` and
 its position in the optimizer (so a run seeded with `torch.manual_seed` repeats itself, and the option

@@ -13,7 +13,8 @@ twice the resolution; every other key uses the signed map. A negative value unde
 would be stored as 0.
 
 Working tensors: `open` returns new tensors of the parameter's dtype, the dtype the state has without this
-option, so every transform runs unchanged.
+option, so every transform runs unchanged; for bfloat16 parameters with `stochastic_rounding=True`, whose
+step runs in float32, float32 (so `state_dtype=torch.float32` keeps float32 moments for bfloat16 weights).
 
 Converting checkpoints (`load_state_dict` restores the saved groups' state_bits, state_block and
 state_dtype; set the group's keys after loading to change them):
@@ -39,7 +40,7 @@ from torch import Tensor
 from ..core.engine import State
 from .quantize import dequantize, quantize
 
-__all__ = ["NON_NEGATIVE", "FloatStorage", "QuantizedStorage", "dequantize_state", "is_quantized"]
+__all__ = ["NON_NEGATIVE", "FloatStorage", "QuantizedStorage", "dequantize_state", "is_quantized", "working_dtype"]
 
 NON_NEGATIVE = frozenset(
     {
@@ -73,14 +74,20 @@ def is_quantized(state: State, key: str) -> bool:
     return isinstance(value, Tensor) and value.dtype == torch.uint8 and key + ABSMAX in state
 
 
-def _read_codes(p: Tensor, state: State, key: str, block: int) -> Tensor:
+def working_dtype(p: Tensor, float32_for_bfloat16: bool = False) -> torch.dtype:
+    """The dtype the transforms see the state in: the parameter's, or float32 for a bfloat16 parameter whose
+    step runs on a float32 copy (`stochastic_rounding=True`, see `gradwise.state.rounding`)."""
+    return torch.float32 if float32_for_bfloat16 and p.dtype == torch.bfloat16 else p.dtype
+
+
+def _read_codes(p: Tensor, state: State, key: str, block: int, dtype: torch.dtype | None = None) -> Tensor:
     codes, scales = state[key], state[key + ABSMAX]
     if scales.numel() != -(-codes.numel() // block):
         raise ValueError(
             f"state[{key!r}] holds {codes.numel()} 8-bit codes with {scales.numel()} block scales, which does "
             f"not fit state_block={block}: set the param group's state_block to the value the state was saved with"
         )
-    return dequantize(codes, scales, block, signed=key not in NON_NEGATIVE, dtype=p.dtype)
+    return dequantize(codes, scales, block, signed=key not in NON_NEGATIVE, dtype=dtype or p.dtype)
 
 
 def dequantize_state(p: Tensor, state: State, block: int) -> None:
@@ -93,15 +100,17 @@ def dequantize_state(p: Tensor, state: State, block: int) -> None:
 
 @dataclass(frozen=True)
 class FloatStorage:
-    """State tensors of the parameter's shape kept in `dtype` (e.g. torch.bfloat16) and worked on in the
-    parameter's dtype; rounding to `dtype` is to nearest."""
+    """State tensors of the parameter's shape kept in `dtype` (e.g. torch.bfloat16) and worked on in
+    `working_dtype` (the parameter's); rounding to `dtype` is to nearest."""
 
     dtype: torch.dtype
+    float32_for_bfloat16: bool = False
 
     def read(self, p: Tensor, key: str, value: object) -> object:
-        """The working form of one stored value: the parameter's dtype."""
-        if _convertible(p, key, value) and value.dtype != p.dtype:  # type: ignore[union-attr]
-            return value.to(p.dtype)  # type: ignore[union-attr]
+        """The working form of one stored value: `working_dtype`."""
+        dtype = working_dtype(p, self.float32_for_bfloat16)
+        if _convertible(p, key, value) and value.dtype != dtype:  # type: ignore[union-attr]
+            return value.to(dtype)  # type: ignore[union-attr]
         return value
 
     def write(self, p: Tensor, key: str, value: object) -> object:
@@ -127,6 +136,7 @@ class QuantizedStorage:
     block: int = 2048
     min_size: int = 4096
     small: FloatStorage | None = None
+    float32_for_bfloat16: bool = False  # dequantize to float32 for bfloat16 parameters (see `working_dtype`)
 
     def _quantizes(self, p: Tensor, key: str, value: object) -> bool:
         return _convertible(p, key, value) and p.numel() >= self.min_size
@@ -140,7 +150,7 @@ class QuantizedStorage:
             if key.endswith(ABSMAX) and is_quantized(state, key[: -len(ABSMAX)]):
                 continue
             if is_quantized(state, key):
-                work[key] = _read_codes(p, state, key, self.block)
+                work[key] = _read_codes(p, state, key, self.block, working_dtype(p, self.float32_for_bfloat16))
             elif self.small is not None:
                 work[key] = self.small.read(p, key, value)
             else:
