@@ -133,3 +133,14 @@ def test_codes_read_with_another_block_size_are_refused_by_name():
     opt_b.param_groups[0].update(state_block=512, state_bits=32)  # the saved size reads them
     zero_grad_step(opt_b, b)
     assert opt_b.state[b]["exp_avg"].dtype == torch.float32
+
+
+def test_switching_a_running_8_bit_group_to_32_bits_dequantizes_its_state():
+    a, opt_a = trained_32_bit()
+    opt_b = gw.AdamW([b := a.detach().clone().requires_grad_()], lr=1e-2)
+    opt_b.load_state_dict(as_8_bit_checkpoint(opt_a))
+    zero_grad_step(opt_b, b)  # one step in 8 bits, as loaded
+    assert opt_b.state[b]["exp_avg"].dtype == torch.uint8
+    opt_b.param_groups[0]["state_bits"] = 32
+    zero_grad_step(opt_b, b)
+    assert opt_b.state[b]["exp_avg"].dtype == torch.float32 and "exp_avg_absmax" not in opt_b.state[b]

@@ -59,7 +59,14 @@ def storage(h: SimpleNamespace) -> Storage | None:
 
 def dequantize_loaded(optimizer: Any, work: Work) -> None:
     """Before a step: 8-bit state found in a 32-bit group (a checkpoint of an 8-bit run loaded into a 32-bit
-    optimizer) becomes float state of the parameter's dtype, exactly the values the codes stand for."""
+    optimizer) becomes float state of the parameter's dtype, exactly the values the codes stand for.
+
+    The scan runs only when it can find something: on the first step, after `load_state_dict` (torch gives
+    the optimizer a new state dict) and after a group's state_bits changed."""
+    seen = (id(optimizer.state), tuple(group["state_bits"] for group in optimizer.param_groups))
+    if getattr(optimizer, "_gradwise_scanned_state", None) == seen:
+        return
+    optimizer._gradwise_scanned_state = seen
     for group, params in work:
         if group["state_bits"] != 32:
             continue
