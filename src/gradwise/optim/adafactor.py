@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from ..core import Beta, ChainOptimizer, Interval, NonNegative, Optional, Transform, register
+from ..core import Beta, ChainOptimizer, Interval, NonNegative, Optional, Transform, kernel_transform, register
 from ..transforms.decay import weight_decay
 from ..transforms.factored import clip_by_rms, descend, factored_second_moment, relative_step_size
 from ..transforms.moments import first_moment
@@ -31,13 +31,15 @@ class _Epsilons(Optional):
 
 
 def _first_moment_step(beta1: float) -> Transform:
+    """m <- beta1 m + (1 - beta1) u, kept in state["exp_avg"];  u <- m."""
     moment = first_moment(beta1, key="exp_avg")
+    inner = moment.kernel
 
-    def update(u, p, s, t):
-        moment.update(u, p, s, t)
+    def kernel(u, p, s, c):
+        inner(u, p, s, c)
         return s["exp_avg"]
 
-    return Transform(update, moment.init)
+    return kernel_transform(kernel, moment.coefficients, moment.init, elementwise=True)
 
 
 @register("adafactor", paper="Shazeer & Stern, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",

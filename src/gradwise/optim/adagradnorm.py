@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import ChainOptimizer, NonNegative, Positive, Transform, register
+from ..core import ChainOptimizer, NonNegative, Positive, Transform, kernel_transform, register
 
 _KEY = "sum_sq_norm"
 
@@ -20,22 +20,23 @@ def accumulate_squared_norm(sq_norm: Tensor, b0: float, key: str = _KEY) -> Tran
         dtype = torch.promote_types(p.dtype, torch.float32)
         return {key: torch.full((), b0 * b0, dtype=dtype, device=p.device)}
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        s[key].add_(sq_norm.to(device=s[key].device, dtype=s[key].dtype))
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        s[key].add_(c[0].to(device=s[key].device, dtype=s[key].dtype))
         return u
 
-    return Transform(update, init)
+    # the norm, a 0-dim tensor of this step, is the coefficient; the scalar state makes it not elementwise
+    return kernel_transform(kernel, lambda t: (sq_norm,), init)
 
 
 def norm_scaled_step(lr: float, key: str = _KEY) -> Transform:
     """p <- p - lr u / sqrt(b^2), b^2 read from state[key]."""
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         b = s[key].sqrt().to(device=u.device, dtype=u.dtype)
-        p.sub_(u.div(b).mul_(lr))
+        p.sub_(u.div(b).mul_(c[0]))
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, lambda t: (lr,), writes=True)
 
 
 @register(

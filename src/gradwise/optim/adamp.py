@@ -8,7 +8,17 @@ from types import SimpleNamespace
 from torch import Tensor
 from torch.optim.optimizer import required
 
-from ..core import Beta, Betas, ChainOptimizer, Flag, NonNegative, Transform, UnitInterval, register
+from ..core import (
+    Beta,
+    Betas,
+    ChainOptimizer,
+    Flag,
+    NonNegative,
+    Transform,
+    UnitInterval,
+    kernel_transform,
+    register,
+)
 from ..transforms.moments import first_moment, second_moment
 from ..transforms.momentum import heavy_ball, replace_buffer
 from ..transforms.projection import radial_projection
@@ -24,22 +34,25 @@ def _adam_direction(beta1: float, beta2: float, eps: float, nesterov: bool) -> T
     `_bias_corrected_step`, as in the authors' code, so that the projection sees the same vector as theirs.
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        denom = (s["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-        ahead = s["exp_avg"].mul(beta1).add_(u, alpha=1 - beta1) if nesterov else s["exp_avg"]
+    def coefficients(t: float) -> tuple[float, float, float, float]:
+        return (math.sqrt(1 - beta2**t), eps, beta1, 1 - beta1)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        denom = (s["exp_avg_sq"].sqrt() / c[0]).add_(c[1])
+        ahead = s["exp_avg"].mul(c[2]).add_(u, alpha=c[3]) if nesterov else s["exp_avg"]
         return ahead / denom
 
-    return Transform(update)
+    return kernel_transform(kernel, coefficients, elementwise=True)
 
 
 def _bias_corrected_step(lr: float, beta1: float) -> Transform:
     """p <- p - lr / (1 - b1^t) u: Adam's step size applied to a direction built from the raw first moment."""
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        p.add_(u, alpha=-lr / (1 - beta1**t))
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        p.add_(u, alpha=c[0])
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, lambda t: (-lr / (1 - beta1**t),), writes=True, elementwise=True)
 
 
 @register("adamp", paper=PAPER, year=2021, oracle="adamp.AdamP (PyPI adamp 0.3.0)")

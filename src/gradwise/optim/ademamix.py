@@ -8,7 +8,17 @@ from types import SimpleNamespace
 
 from torch import Tensor
 
-from ..core import Betas, ChainOptimizer, Integer, NonNegative, Optional, Transform, register, zeros_state
+from ..core import (
+    Betas,
+    ChainOptimizer,
+    Integer,
+    NonNegative,
+    Optional,
+    Transform,
+    kernel_transform,
+    register,
+    zeros_state,
+)
 from ..transforms.moments import first_moment, second_moment
 
 
@@ -43,27 +53,35 @@ def beta3_schedule(beta3: float, beta_start: float, warmup: int | None) -> Calla
 def scheduled_moment(beta: Callable[[float], float], key: str) -> Transform:
     """m <- beta_t m + (1 - beta_t) u, with beta_t = beta(t), kept in state[key]; passes u on unchanged."""
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def coefficients(t: float) -> tuple[float, float]:
         b = beta(t)
-        s[key].mul_(b).add_(u, alpha=1 - b)
+        return (b, 1 - b)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        s[key].mul_(c[0]).add_(u, alpha=c[1])
         return u
 
-    return Transform(update, zeros_state(key))
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
 
 
 def ademamix_step(lr: float, beta1: float, beta2: float, alpha: Callable[[float], float], eps: float,
                   wd: float) -> Transform:
     """p <- p - lr ((m1 / (1 - b1^t) + alpha_t m2) / (sqrt(v / (1 - b2^t)) + eps) + wd p)."""
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        denom = (s["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(eps)
-        step = (s["exp_avg_fast"] / (1 - beta1**t)).add_(s["exp_avg_slow"], alpha=alpha(t)).div_(denom)
-        if wd != 0:
-            step.add_(p, alpha=wd)
-        p.add_(step, alpha=-lr)
+    decays = wd != 0  # decided when the chain is built
+
+    def coefficients(t: float) -> tuple[float, ...]:
+        return (math.sqrt(1 - beta2**t), eps, 1 - beta1**t, alpha(t), wd, -lr)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        denom = (s["exp_avg_sq"].sqrt() / c[0]).add_(c[1])
+        step = (s["exp_avg_fast"] / c[2]).add_(s["exp_avg_slow"], alpha=c[3]).div_(denom)
+        if decays:
+            step.add_(p, alpha=c[4])
+        p.add_(step, alpha=c[5])
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
 
 
 @register("ademamix", paper="Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, Faster, Older",

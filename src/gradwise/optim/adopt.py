@@ -7,18 +7,37 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from ..core import Betas, ChainOptimizer, Flag, NonNegative, Optional, Transform, register, zeros_state
+from ..core import (
+    Betas,
+    ChainOptimizer,
+    Flag,
+    NonNegative,
+    Optional,
+    Transform,
+    kernel_transform,
+    register,
+    zeros_state,
+)
 from ..transforms.decay import weight_decay
 from ..transforms.steps import sgd_step
 
 
-def _after_first_step(transform: Transform) -> Transform:
-    """The same transform, passed over on the first step (t = 1)."""
+def _decoupled_decay_after_first_step(lr: float, rate: float) -> Transform:
+    """p <- p (1 - lr rate), from the second step on: the first step (which moves nothing) does not decay.
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        return u if t == 1 else transform.update(u, p, s, t)
+    The first step multiplies by 1 (exact), so the kernel has no branch.
+    """
+    if rate == 0:
+        return weight_decay(lr, rate)
 
-    return transform._replace(update=update)
+    def coefficients(t: float) -> tuple[float]:
+        return (1.0 if t == 1 else 1 - lr * rate,)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        p.mul_(c[0])
+        return u
+
+    return kernel_transform(kernel, coefficients, elementwise=True)
 
 
 def adopt_momentum(beta1: float, beta2: float, eps: float, clip_exp: float | None) -> Transform:
@@ -30,20 +49,29 @@ def adopt_momentum(beta1: float, beta2: float, eps: float, clip_exp: float | Non
     Returns m. State: m in "exp_avg", v in "exp_avg_sq".
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    clipped = clip_exp is not None
+
+    def coefficients(t: float) -> tuple[bool, float, float, float, float, float]:
+        first = t == 1
+        limit = (t - 1) ** clip_exp if clipped else 0.0
+        return (first, eps, limit, 1 - beta1, beta2, 1.0 if first else 1 - beta2)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        first, floor, limit, weight, beta, fresh = c
         m, v = s["exp_avg"], s["exp_avg_sq"]
-        if t == 1:
+        if first is True:  # eager (a Python bool): the first step only records v
             v.addcmul_(u, u)
             return m
-        normed = u / torch.clamp(v.sqrt(), min=eps)
-        if clip_exp is not None:
-            limit = (t - 1) ** clip_exp
+        normed = u / torch.clamp(v.sqrt(), min=floor)
+        if clipped:
             normed.clamp_(-limit, limit)
-        m.lerp_(normed, 1 - beta1)
-        v.mul_(beta2).addcmul_(u, u, value=1 - beta2)
+        # with a tensor flag the first step is one expression: m moves towards itself (stays zero) and
+        # v <- b2 * 0 + 1 * u^2 = u^2
+        m.lerp_(normed if isinstance(first, bool) else torch.where(first, m, normed), weight)
+        v.mul_(beta).addcmul_(u, u, value=fresh)
         return m
 
-    return Transform(update, zeros_state("exp_avg", "exp_avg_sq"))
+    return kernel_transform(kernel, coefficients, zeros_state("exp_avg", "exp_avg_sq"), elementwise=True)
 
 
 @register(
@@ -76,9 +104,12 @@ class ADOPT(ChainOptimizer):
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
         beta1, beta2 = h.betas
-        decay = weight_decay(h.lr, h.weight_decay, decoupled=h.decouple)
+        if h.decouple:
+            decay = _decoupled_decay_after_first_step(h.lr, h.weight_decay)
+        else:
+            decay = weight_decay(h.lr, h.weight_decay, decoupled=False)
         return (
-            _after_first_step(decay) if h.decouple else decay,
+            decay,
             adopt_momentum(beta1, beta2, h.eps, h.clip_exp),
             sgd_step(h.lr),
         )

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
-from ..core import Transform, zeros_state
+from ..core import Transform, kernel_transform, zeros_state
 
 
 def belief_second_moment(beta: float, eps: float, key: str = "exp_avg_var", first: str = "exp_avg") -> Transform:
@@ -22,12 +23,15 @@ def belief_second_moment(beta: float, eps: float, key: str = "exp_avg_var", firs
     step is part of the paper's Algorithm 1 and of the authors' code.
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def coefficients(t: float) -> tuple[float, float, float]:
+        return (beta, 1 - beta, eps)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         residual = u - s[first]
-        s[key].mul_(beta).addcmul_(residual, residual, value=1 - beta).add_(eps)
+        s[key].mul_(c[0]).addcmul_(residual, residual, value=c[1]).add_(c[2])
         return u
 
-    return Transform(update, zeros_state(key))
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
 
 
 def rectification(beta2: float, t: float) -> float | None:
@@ -53,15 +57,28 @@ def rectified_step(
     m is state[first], v is state[second]; r_t and rho_t are those of `rectification`. The bias
     correction of v is folded into the step size, so eps is added to the uncorrected sqrt(v), as in the
     code of RAdam and of AdaBelief (their `degenerated_to_sgd=True`).
+
+    Coefficients (rectified, step, eps): the branch is the flag `rectified`. With 0-dim tensors (the
+    compiled engine) both branches are one expression, m divided by sqrt(v) + eps or by 1; with a Python
+    bool (eager) the kernel takes the branch, so that the SGD steps keep their single fused add.
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def coefficients(t: float) -> tuple[bool, float, float]:
         r = rectification(beta2, t)
         if r is None:
-            p.add_(s[first], alpha=-lr / (1 - beta1**t))
+            return (False, -lr / (1 - beta1**t), eps)
+        return (True, -(lr * r * math.sqrt(1 - beta2**t) / (1 - beta1**t)), eps)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        rectified, step, eps_ = c
+        if isinstance(rectified, bool):  # eager: the branch itself (bit-identical to the unsplit form)
+            if rectified:
+                p.addcdiv_(s[first], s[second].sqrt().add_(eps_), value=step)
+            else:
+                p.add_(s[first], alpha=step)
             return u
-        step_size = lr * r * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-        p.addcdiv_(s[first], s[second].sqrt().add_(eps), value=-step_size)
+        denom = torch.where(rectified, s[second].sqrt().add_(eps_), 1.0)
+        p.addcdiv_(s[first], denom, value=step)
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)

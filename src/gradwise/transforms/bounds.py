@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..core import Transform
+from ..core import Transform, kernel_transform
 
 
 def dynamic_bounds(final_lr: float, gamma: float, t: float) -> tuple[float, float]:
@@ -31,12 +31,14 @@ def bounded_adam_step(
     size, before the clip, as in the authors' code (Luo et al., 2019): eps is added to the uncorrected sqrt(v).
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        denom = s[second].sqrt().add_(eps)
-        step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    def coefficients(t: float) -> tuple[float, float, float, float]:
         lower, upper = dynamic_bounds(final_lr, gamma, t)
-        rates = torch.full_like(denom, step_size).div_(denom).clamp_(lower, upper)
+        return (eps, lr * math.sqrt(1 - beta2**t) / (1 - beta1**t), lower, upper)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        denom = s[second].sqrt().add_(c[0])
+        rates = torch.empty_like(denom).fill_(c[1]).div_(denom).clamp_(c[2], c[3])
         p.sub_(rates.mul_(s["exp_avg"]))
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)

@@ -31,19 +31,23 @@ def _decay_gradient(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
 
 def proximal_weight_decay(lr: float, rate: float) -> Transform:
     """p <- p / (1 + lr * rate): the proximal step of the L2 penalty, applied after the update."""
+    if rate == 0:
+        return kernel_transform(_identity, elementwise=True)
+    return kernel_transform(_divide_parameter, lambda t: (1 + lr * rate,), elementwise=True)
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        if rate != 0:
-            p.div_(1 + lr * rate)
-        return u
 
-    return Transform(update)
+def _divide_parameter(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    p.div_(c[0])
+    return u
 
 
 def scale_by(factor: Tensor) -> Transform:
-    """u <- factor * u, for a scalar tensor computed once per step (here: global-norm clipping)."""
+    """u <- factor * u, for a scalar tensor computed once per step (here: global-norm clipping).
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        return u * factor.to(u.device)
+    The factor is the transform's coefficient (a 0-dim tensor already), so the kernel captures nothing.
+    """
+    return kernel_transform(_scale, lambda t: (factor,), elementwise=True)
 
-    return Transform(update)
+
+def _scale(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    return u * c[0].to(u.device)

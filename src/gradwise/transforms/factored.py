@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..core import Transform
+from ..core import Transform, kernel_transform
 
 
 def _factored_state(p: Tensor) -> dict[str, Tensor]:
@@ -31,9 +31,17 @@ def factored_second_moment(decay: float, eps1: float | None) -> Transform:
     state["variance"]. eps1=None means the machine epsilon of the parameter's dtype.
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        weight = t**decay
-        floor = torch.finfo(p.dtype).eps if eps1 is None else eps1
+    machine_eps = eps1 is None  # the floor then depends on the parameter's dtype: read in the kernel
+
+    def coefficients(t: float) -> tuple[float, float, float]:
+        floor = 0.0 if eps1 is None else eps1
+        return (t**decay, floor, floor * floor)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        weight, floor, floor_sq = c
+        if machine_eps:
+            floor = torch.finfo(p.dtype).eps
+            floor_sq = floor * floor
         if u.dim() > 1:
             row, col = s["row_var"], s["col_var"]
             # mean of u^2 along one dimension, as a squared norm: no u^2 of the full size is formed
@@ -43,9 +51,9 @@ def factored_second_moment(decay: float, eps1: float | None) -> Transform:
         else:
             s["variance"].lerp_(u * u, weight)
             estimate = s["variance"].clone()
-        return estimate.clamp_(min=floor * floor).rsqrt_().mul_(u)
+        return estimate.clamp_(min=floor_sq).rsqrt_().mul_(u)
 
-    return Transform(update, _factored_state)
+    return kernel_transform(kernel, coefficients, _factored_state)
 
 
 def _rms(x: Tensor) -> Tensor:
@@ -55,28 +63,30 @@ def _rms(x: Tensor) -> Tensor:
 def clip_by_rms(threshold: float) -> Transform:
     """u <- u / max(1, RMS(u) / threshold): Adafactor's update clipping (threshold d)."""
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        return u / (_rms(u) / threshold).clamp(min=1.0)
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        return u / (_rms(u) / c[0]).clamp(min=1.0)
 
-    return Transform(update)
+    return kernel_transform(kernel, lambda t: (threshold,))
 
 
 def relative_step_size(lr: float, eps2: float) -> Transform:
     """u <- alpha_t u with alpha_t = max(eps2, RMS(p)) min(lr, 1 / sqrt(t)): the step relative to the scale of
     the parameter, read before anything in the same step writes it."""
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        rho = min(lr, 1 / t**0.5)
-        return u * (_rms(p).clamp(min=eps2) * rho).to(u.dtype)
+    def coefficients(t: float) -> tuple[float, float]:
+        return (eps2, min(lr, 1 / t**0.5))
 
-    return Transform(update)
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        return u * (_rms(p).clamp(min=c[0]) * c[1]).to(u.dtype)
+
+    return kernel_transform(kernel, coefficients)
 
 
 def descend(writes: bool = True) -> Transform:
     """p <- p - u: the step of a chain whose update already carries its step size."""
+    return kernel_transform(_descend, writes=writes, elementwise=True)
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        p.sub_(u)
-        return u
 
-    return Transform(update, writes=writes)
+def _descend(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    p.sub_(u)
+    return u

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core import Transform, zeros_state
+from ..core import Transform, kernel_transform, zeros_state
 
 
 def diff_friction(first: str = "exp_avg", previous: str = "previous_grad") -> Transform:
@@ -20,10 +20,10 @@ def diff_friction(first: str = "exp_avg", previous: str = "previous_grad") -> Tr
     Run it after `first_moment`: the returned update is the damped momentum that the step then scales.
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         prev = s[previous]
         friction = torch.sigmoid((prev - u).abs_())
         prev.copy_(u)
         return friction.mul_(s[first])
 
-    return Transform(update, zeros_state(previous))
+    return kernel_transform(kernel, init=zeros_state(previous), elementwise=True)

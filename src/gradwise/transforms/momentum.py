@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..core import Transform, zeros_state
+from ..core import Transform, kernel_transform, zeros_state
 
 
 def heavy_ball(
@@ -23,16 +23,22 @@ def heavy_ball(
     Polyak, 1964; Nesterov's variant as formulated by Sutskever et al., ICML 2013.
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def coefficients(t: float) -> tuple[bool, float, float]:
+        first = t == 1 and not dampen_first_step
+        return (first, momentum, 1.0 if first else 1 - dampening)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        first, beta, weight = c
         buf = s[key]
-        if t == 1 and not dampen_first_step:
+        if first is True:  # eager (a Python bool): the copy itself
             buf.copy_(u)
         else:
-            buf.mul_(momentum).add_(u, alpha=1 - dampening)
+            # with a tensor flag, the undamped first step is the general rule with weight 1 on the zero buffer
+            buf.mul_(beta).add_(u, alpha=weight)
         # The buffer itself is returned: later transforms never modify u in place (engine contract).
-        return u.add(buf, alpha=momentum) if nesterov else buf
+        return u.add(buf, alpha=beta) if nesterov else buf
 
-    return Transform(update, zeros_state(key))
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
 
 
 def replace_buffer(key: str = "momentum_buffer") -> Transform:
@@ -43,9 +49,9 @@ def replace_buffer(key: str = "momentum_buffer") -> Transform:
     transform reproduces that. Passes u on unchanged.
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         if u is not s[key]:
             s[key].copy_(u)
         return u
 
-    return Transform(update)
+    return kernel_transform(kernel, elementwise=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
-from ..core import Transform, zeros_state
+from ..core import Transform, kernel_transform, zeros_state
 
 
 def nesterov_gradient(beta: float, key: str = "exp_avg_diff", previous: str = "prev_grad") -> Transform:
@@ -22,16 +23,24 @@ def nesterov_gradient(beta: float, key: str = "exp_avg_diff", previous: str = "p
     averages. state[previous] keeps the last u for the next step's difference.
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        prev = s[previous]
-        if t == 1:  # no earlier gradient: g_0 := g_1, so the first difference is zero
-            prev.copy_(u)
-        diff = u - prev
-        s[key].mul_(beta).add_(diff, alpha=1 - beta)
-        prev.copy_(u)
-        return diff.mul_(beta).add_(u)
+    def coefficients(t: float) -> tuple[bool, float, float]:
+        return (t == 1, beta, 1 - beta)
 
-    return Transform(update, zeros_state(key, previous))
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        first, b, one_minus_b = c
+        prev = s[previous]
+        # no earlier gradient on the first step: g_0 := g_1, so the first difference is zero
+        if isinstance(first, bool):  # eager: the branch itself
+            if first:
+                prev.copy_(u)
+        else:
+            prev.copy_(torch.where(first, u, prev))
+        diff = u - prev
+        s[key].mul_(b).add_(diff, alpha=one_minus_b)
+        prev.copy_(u)
+        return diff.mul_(b).add_(u)
+
+    return kernel_transform(kernel, coefficients, zeros_state(key, previous), elementwise=True)
 
 
 def nesterov_adaptive_step(
@@ -49,10 +58,13 @@ def nesterov_adaptive_step(
     """
     beta1, beta2, beta3 = betas
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        denom = (s[second].sqrt() / math.sqrt(1 - beta3**t)).add_(eps)
-        p.addcdiv_(s[first], denom, value=-lr / (1 - beta1**t))
-        p.addcdiv_(s[diff], denom, value=-lr * beta2 / (1 - beta2**t))
+    def coefficients(t: float) -> tuple[float, float, float, float]:
+        return (math.sqrt(1 - beta3**t), eps, -lr / (1 - beta1**t), -lr * beta2 / (1 - beta2**t))
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        denom = (s[second].sqrt() / c[0]).add_(c[1])
+        p.addcdiv_(s[first], denom, value=c[2])
+        p.addcdiv_(s[diff], denom, value=c[3])
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)

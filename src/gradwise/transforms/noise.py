@@ -6,6 +6,10 @@ device). Draws happen in the order the engine visits parameters (param groups in
 order), one draw of the parameter's shape per parameter per step, so a seeded generator gives a
 reproducible chain.
 
+The generator is part of each kernel's structure (it never changes during a run); every number is a
+coefficient. The kernels are elementwise: each element gets its own independent draw, although the
+stream of draws over a flat buffer of several parameters is not the concatenation of their separate streams.
+
 The gradient u these transforms receive must be the gradient of the full-data negative log posterior
 U(theta) = -log p(theta) - sum_i log p(x_i | theta) (see `gradwise.sampling.collect.neg_log_posterior`):
 the injected noise is calibrated against that scale.
@@ -18,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..core import Transform, zeros_state
+from ..core import Transform, kernel_transform, zeros_state
 
 
 def gaussian_like(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -33,12 +37,12 @@ def langevin_step(lr: float, temperature: float = 1.0, generator: torch.Generato
     """
     scale = math.sqrt(2.0 * lr * temperature)
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         noise = gaussian_like(p, generator)
-        p.add_(u, alpha=-lr).add_(noise, alpha=scale)
+        p.add_(u, alpha=c[0]).add_(noise, alpha=c[1])
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, lambda t: (-lr, scale), writes=True, elementwise=True)
 
 
 def preconditioned_langevin_step(
@@ -55,13 +59,16 @@ def preconditioned_langevin_step(
     left out (see `gradwise.optim.langevin.PSGLD`).
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        precondition = s[second].sqrt().add_(eps).reciprocal_()
-        noise = gaussian_like(p, generator).mul_(precondition.sqrt()).mul_(math.sqrt(2.0 * lr * temperature))
-        p.addcmul_(precondition, u, value=-lr).add_(noise)
+    def coefficients(t: float) -> tuple[float, float, float]:
+        return (eps, math.sqrt(2.0 * lr * temperature), -lr)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        precondition = s[second].sqrt().add_(c[0]).reciprocal_()
+        noise = gaussian_like(p, generator).mul_(precondition.sqrt()).mul_(c[1])
+        p.addcmul_(precondition, u, value=c[2]).add_(noise)
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
 
 
 def sghmc_friction(
@@ -81,19 +88,30 @@ def sghmc_friction(
     V = max(m2 / c - (m1 / c)^2, 0) per coordinate, from EMAs m1 of u and m2 of u^2 (state[mean_key],
     state[sq_key], maintained by earlier transforms with coefficient `decay`), c = 1 - decay^t.
     """
+    if noise_estimate is None:
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        buf = s[key]
+        def coefficients(t: float) -> tuple[float, ...]:
+            return (math.sqrt(2.0 * lr * friction * temperature), 1.0 - friction, lr)
+
+        def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+            noise = gaussian_like(p, generator).mul_(c[0])
+            s[key].mul_(c[1]).add_(u, alpha=c[2]).sub_(noise)  # b = -v exactly, noise included
+            return s[key]
+
+        return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
+
+    mean_key, sq_key, decay = noise_estimate
+
+    def estimated_coefficients(t: float) -> tuple[float, ...]:
+        return (1.0 - decay**t, 0.5 * lr, friction * temperature, 2.0 * lr, 1.0 - friction, lr)
+
+    def estimated_kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        correction, half_lr, friction_t, two_lr, keep, step = c
         noise = gaussian_like(p, generator)
-        if noise_estimate is None:
-            noise.mul_(math.sqrt(2.0 * lr * friction * temperature))
-        else:
-            mean_key, sq_key, decay = noise_estimate
-            correction = 1.0 - decay**t
-            variance = (s[sq_key] / correction).sub_((s[mean_key] / correction).square_()).clamp_(min=0.0)
-            beta_hat = variance.mul_(0.5 * lr)
-            noise.mul_(beta_hat.neg_().add_(friction * temperature).clamp_(min=0.0).mul_(2.0 * lr).sqrt_())
-        buf.mul_(1.0 - friction).add_(u, alpha=lr).sub_(noise)  # b = -v exactly, noise included
-        return buf
+        variance = (s[sq_key] / correction).sub_((s[mean_key] / correction).square_()).clamp_(min=0.0)
+        beta_hat = variance.mul_(half_lr)
+        noise.mul_(beta_hat.neg_().add_(friction_t).clamp_(min=0.0).mul_(two_lr).sqrt_())
+        s[key].mul_(keep).add_(u, alpha=step).sub_(noise)  # b = -v exactly, noise included
+        return s[key]
 
-    return Transform(update, zeros_state(key))
+    return kernel_transform(estimated_kernel, estimated_coefficients, zeros_state(key), elementwise=True)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import Transform
+from ..core import Transform, kernel_transform
 
 
 def _looks_scale_invariant(g: Tensor, p: Tensor, rows: int, delta: float, eps: float) -> Tensor:
@@ -44,23 +44,33 @@ def radial_projection(delta: float, wd_ratio: float, eps: float, decay: float = 
     Both views are computed and selected with torch.where, not with an `if` on a tensor: the step stays free
     of host synchronisation (one per parameter per view otherwise) and traceable by torch.compile, at the
     price of computing one radial part that is thrown away.
-    """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    The numbers delta, wd_ratio and decay are coefficients; eps is captured by the kernel, as torch's
+    cosine_similarity takes it as a Python float (a hyper-parameter that never changes during a run).
+    Whether to decay at all (decay > 0) is decided when the chain is built.
+    """
+    decays = decay > 0
+
+    def coefficients(t: float) -> tuple[float, float, float]:
+        return (delta, 1 - decay * wd_ratio, 1 - decay)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        bound, keep_fired, keep_plain = c
         if p.dim() < 2 or p.numel() == 0:
-            if decay > 0:
-                p.mul_(1 - decay)
+            if decays:
+                p.mul_(keep_plain)
             return u
         g, channels = p.grad, p.size(0)
-        by_channel = _looks_scale_invariant(g, p, channels, delta, eps)
-        fired = by_channel | _looks_scale_invariant(g, p, 1, delta, eps)
+        by_channel = _looks_scale_invariant(g, p, channels, bound, eps)
+        fired = by_channel | _looks_scale_invariant(g, p, 1, bound, eps)
         radial = torch.where(by_channel, _radial_part(u, p, channels, eps), _radial_part(u, p, 1, eps))
         u = torch.where(fired, u - radial, u)
-        if decay > 0:
+        if decays:
             dtype = torch.promote_types(p.dtype, torch.float32)  # a bf16 1 - 1e-5 would round to 1
-            keep = torch.where(fired, p.new_full((), 1 - decay * wd_ratio, dtype=dtype),
-                               p.new_full((), 1 - decay, dtype=dtype))
+            keep = torch.where(
+                fired, p.new_full((), keep_fired, dtype=dtype), p.new_full((), keep_plain, dtype=dtype)
+            )
             p.mul_(keep)
         return u
 
-    return Transform(update)
+    return kernel_transform(kernel, coefficients)

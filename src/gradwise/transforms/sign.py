@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core import Transform, zeros_state
+from ..core import Transform, kernel_transform, zeros_state
 
 
 def sign_momentum(beta1: float, beta2: float, key: str = "exp_avg") -> Transform:
@@ -18,11 +18,14 @@ def sign_momentum(beta1: float, beta2: float, key: str = "exp_avg") -> Transform
     non-finite gradient when the engine's check is off; the paper's JAX code, jnp.sign, keeps it).
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+    def coefficients(t: float) -> tuple[float, float, float, float]:
+        return (beta1, 1 - beta1, beta2, 1 - beta2)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         m = s[key]
-        c = m.mul(beta1).add_(u, alpha=1 - beta1)
-        direction = torch.where(c.isnan(), c, c.sign())
-        m.mul_(beta2).add_(u, alpha=1 - beta2)
+        mixed = m.mul(c[0]).add_(u, alpha=c[1])
+        direction = torch.where(mixed.isnan(), mixed, mixed.sign())
+        m.mul_(c[2]).add_(u, alpha=c[3])
         return direction
 
-    return Transform(update, zeros_state(key))
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)

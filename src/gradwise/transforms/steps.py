@@ -47,9 +47,11 @@ def folded_adam_step(lr: float, beta1: float, beta2: float, eps: float, second: 
     incoming update u (for diffGrad, the friction-damped momentum), not state["exp_avg"].
     """
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-        p.addcdiv_(u, s[second].sqrt().add_(eps), value=-step_size)
+    def coefficients(t: float) -> tuple[float, float]:
+        return (eps, -(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)))
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        p.addcdiv_(u, s[second].sqrt().add_(c[0]), value=c[1])
         return u
 
-    return Transform(update, writes=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
