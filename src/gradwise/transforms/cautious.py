@@ -11,18 +11,25 @@ lets it write, and keeps delta = p_after - p_before where delta g < 0 (rescaled 
 and other transforms outside the step stay unmasked, as in the paper's C-AdamW. g is the update that
 enters the chain, after clipping and Grokfast when those options are on.
 
+The masked chain is one transform (not elementwise: the mask's sum is a reduction) whose kernel runs the
+chain's kernels in turn, keeping g in a local variable; its coefficients are those of the chain's
+transforms, concatenated.
+
 Liang, Chen, Liu & Liu, "Cautious Optimizers: Improving Training with One Line of Code", 2024,
 arXiv:2411.16085.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..core import OneOf, Transform
+from ..core import OneOf, Transform, kernel_transform
 from ..core.engine import EngineOption, extend
 
 MEAN_FLOOR = 1e-3
@@ -37,26 +44,60 @@ def cautious_mask(delta: Tensor, grad: Tensor, mode: bool | str) -> Tensor:
 
 
 def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform, ...]:
-    """Mask every step transform (writes=True) of `chain` by the gradient that enters it."""
+    """`chain` as one transform whose step transforms (writes=True) are masked by the update entering it."""
     if not any(tr.writes for tr in chain):
         raise RuntimeError("cautious: this optimizer's chain marks no step transform (writes=True) to mask")
-    seen: dict[str, Tensor] = {}
 
-    def remember(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        seen["grad"] = u
+    def init(p: Tensor) -> dict[str, Tensor]:
+        state: dict[str, Tensor] = {}
+        for tr in chain:
+            state.update(tr.init(p))
+        return state
+
+    if any(tr.kernel is None for tr in chain):  # a transform not yet split: the unsplit form, eager only
+        return (Transform(_masked_updates(chain, mode), init, writes=True),)
+    # the length of each transform's coefficients is part of the chain's structure
+    ends = tuple(itertools.accumulate(len(tr.coefficients(1.0)) for tr in chain))
+    parts = tuple(zip((0, *ends[:-1]), ends, strict=True))
+
+    def coefficients(t: float) -> tuple:
+        values = tuple(itertools.chain.from_iterable(tr.coefficients(t) for tr in chain))
+        if len(values) != ends[-1]:
+            raise RuntimeError("cautious: a transform's number of coefficients changed with the step")
+        return values
+
+    kernels = tuple(tr.kernel for tr in chain)
+    writes = tuple(tr.writes for tr in chain)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        grad = u
+        for inner, step, (start, end) in zip(kernels, writes, parts, strict=True):
+            if step:
+                u = _masked(inner, u, p, s, c[start:end], grad, mode)
+            else:
+                u = inner(u, p, s, c[start:end])
         return u
 
-    def masked(step: Transform) -> Transform:
-        def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-            before = p.detach().clone(memory_format=torch.preserve_format)
-            out = step.update(u, p, s, t)
-            delta = p - before
-            p.copy_(before.addcmul_(delta, cautious_mask(delta, seen["grad"], mode)))
-            return out
+    return (kernel_transform(kernel, coefficients, init, writes=True),)
 
-        return Transform(update, step.init, writes=True)
 
-    return (Transform(remember), *(masked(tr) if tr.writes else tr for tr in chain))
+def _masked(inner: Callable, u: Tensor, p: Tensor, s: dict, c: Any, grad: Tensor, mode: bool | str) -> Tensor:
+    """Run one step (kernel or update) and keep only the part of its move that the mask lets through."""
+    before = p.detach().clone(memory_format=torch.preserve_format)
+    out = inner(u, p, s, c)
+    delta = p - before
+    p.copy_(before.addcmul_(delta, cautious_mask(delta, grad, mode)))
+    return out
+
+
+def _masked_updates(chain: tuple[Transform, ...], mode: bool | str) -> Callable:
+    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
+        grad = u
+        for tr in chain:
+            u = _masked(tr.update, u, p, s, t, grad, mode) if tr.writes else tr.update(u, p, s, t)
+        return u
+
+    return update
 
 
 def _wrap(h: SimpleNamespace, chain: tuple[Transform, ...], context: None) -> tuple[Transform, ...]:

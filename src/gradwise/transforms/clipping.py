@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core import Optional, Positive, Transform
+from ..core import Optional, Positive, Transform, kernel_transform
 from ..core.engine import EngineOption, Work, extend
 
 EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
@@ -35,32 +35,34 @@ def global_grad_norm(grads: list[Tensor]) -> Tensor:
 
 
 def clip_by_global_norm(max_norm: float, norm: Tensor) -> Transform:
-    """u <- u min(1, max_norm / (norm + 1e-6)), `norm` computed once per step over all parameters."""
+    """u <- u min(1, max_norm / (norm + 1e-6)), `norm` computed once per step over all parameters.
+
+    The factor, a 0-dim tensor, is the transform's coefficient."""
     factor = (max_norm / (norm + EPS)).clamp(max=1.0)
+    return kernel_transform(_scale_by_factor, lambda t: (factor,), elementwise=True)
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        return u * factor.to(device=u.device, dtype=u.dtype)
 
-    return Transform(update)
+def _scale_by_factor(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    return u * c[0].to(device=u.device, dtype=u.dtype)
 
 
 def clip_by_value(limit: float) -> Transform:
     """u <- clamp(u, -limit, limit)."""
+    return kernel_transform(_clamp, lambda t: (-limit, limit), elementwise=True)
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        return u.clamp(-limit, limit)
 
-    return Transform(update)
+def _clamp(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    return u.clamp(c[0], c[1])
 
 
 def clip_by_component_norm(max_norm: float) -> Transform:
     """u <- u min(1, max_norm / (||u|| + 1e-6)), the norm of this tensor alone."""
+    return kernel_transform(_clip_component, lambda t: (max_norm,))
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        factor = (max_norm / (torch.linalg.vector_norm(u, 2) + EPS)).clamp(max=1.0)
-        return u * factor
 
-    return Transform(update)
+def _clip_component(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    factor = (c[0] / (torch.linalg.vector_norm(u, 2) + EPS)).clamp(max=1.0)
+    return u * factor
 
 
 def _prepare(optimizer: Any, work: Work) -> Tensor | None:

@@ -22,45 +22,81 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from ..core import Beta, Integer, NonNegative, OneOf, Optional, Transform
+from ..core import Beta, Integer, NonNegative, OneOf, Optional, Transform, kernel_transform
 from ..core.engine import EngineOption, extend
 
 DEFAULT_LAMB = {"ema": 2.0, "ma": 5.0}
 
 
 def grokfast_ema(alpha: float, lamb: float, key: str = "grokfast_ema") -> Transform:
-    """e <- alpha e + (1 - alpha) u (e starts at the first u);  u <- u + lamb e."""
+    """e <- alpha e + (1 - alpha) u (e starts at the first u);  u <- u + lamb e.
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        if key not in s:
+    e is allocated (zero) with the rest of the state and set to u on the parameter's first step (the
+    coefficient `first`: a `torch.where` with a tensor flag, the copy itself with a Python bool). Turned
+    on for a parameter whose state exists already, the filter allocates e as a copy of u when it first runs.
+    """
+
+    def coefficients(t: float) -> tuple[bool, float, float, float]:
+        return (t == 1, alpha, 1 - alpha, lamb)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        first, keep, weight, gain = c
+        if key not in s:  # a structural check (the state's keys), not a number
             s[key] = u.detach().clone(memory_format=torch.preserve_format)
         ema = s[key]
-        ema.mul_(alpha).add_(u * (1 - alpha))
-        return u + ema * lamb
+        if isinstance(first, bool):
+            if first:
+                ema.copy_(u)
+        else:
+            ema.copy_(torch.where(first, u, ema))
+        ema.mul_(keep).add_(u * weight)
+        return u + ema * gain
 
-    return Transform(update)
+    def init(p: Tensor) -> dict[str, Tensor]:
+        return {key: torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+    return kernel_transform(kernel, coefficients, init, elementwise=True)
 
 
 def grokfast_ma(window: int, lamb: float, key: str = "grokfast_ma", count: str = "grokfast_ma_count") -> Transform:
-    """Keep the last `window` values of u;  once there are `window` of them, u <- u + lamb * their mean."""
+    """Keep the last `window` values of u;  once there are `window` of them, u <- u + lamb * their mean.
 
-    def update(u: Tensor, p: Tensor, s: dict, t: float) -> Tensor:
-        if key not in s or s[key].shape[0] != window:
+    The window is structural (it sizes the state). The values sit in a ring indexed by the count of updates
+    seen, state[count]: with a Python coefficient (eager) the kernel reads the count on the host and sums
+    only once the window is full; with a tensor coefficient (compiled) it indexes with the count as a
+    tensor, sums every step and selects with torch.where. Both sum oldest first.
+    """
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        if key not in s or s[key].shape[0] != window:  # structural: first use, or a new window length
             s[key] = torch.zeros((window, *u.shape), dtype=u.dtype, device=u.device)
             s[count] = torch.tensor(0, dtype=torch.int64)
-        n = int(s[count])
-        buf = s[key]
-        buf[n % window].copy_(u)
-        n += 1
-        s[count] = torch.tensor(n, dtype=torch.int64)
-        if n < window:
-            return u
-        total = buf[n % window].clone()  # oldest first, the order of the authors' sum over their deque
+        if not isinstance(c[0], Tensor):
+            return _moving_average_host(u, s[key], s, count, window, c[0])
+        buf, n = s[key], s[count]
+        buf.index_copy_(0, (n % window).to(buf.device).reshape(1), u.unsqueeze(0))
+        n.add_(1)
+        order = (n.to(buf.device) + torch.arange(window, device=buf.device)) % window
+        rows = buf.index_select(0, order)  # oldest first, the order of the authors' sum over their deque
+        total = rows[0].clone()
         for i in range(1, window):
-            total.add_(buf[(n + i) % window])
-        return u + total / window * lamb
+            total.add_(rows[i])
+        return torch.where(n.to(u.device) >= window, u + total / window * c[0], u)
 
-    return Transform(update)
+    return kernel_transform(kernel, lambda t: (lamb,))
+
+
+def _moving_average_host(u: Tensor, buf: Tensor, s: dict, count: str, window: int, lamb: float) -> Tensor:
+    n = int(s[count])
+    buf[n % window].copy_(u)
+    n += 1
+    s[count] = torch.tensor(n, dtype=torch.int64)
+    if n < window:
+        return u
+    total = buf[n % window].clone()  # oldest first, the order of the authors' sum over their deque
+    for i in range(1, window):
+        total.add_(buf[(n + i) % window])
+    return u + total / window * lamb
 
 
 def _wrap(h: SimpleNamespace, chain: tuple[Transform, ...], context: None) -> tuple[Transform, ...]:
