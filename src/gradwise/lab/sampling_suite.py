@@ -414,7 +414,7 @@ def quality_figure(results: SuiteResults, mixture: str, path: Path) -> Path:
             points = [(n, v) for n, v in points if v > 0]
             if not points:
                 continue
-            ax.plot([p[0] for p in points], [p[1] for p in points], styles[i % len(styles)],
+            ax.plot([p[0] for p in points], [p[1] for p in points], styles[(i + i // len(COLORS)) % len(styles)],
                     color=COLORS[i % len(COLORS)], marker="o", ms=3, lw=1.3, label=label)
     axes[0].axhline(results.floors[mixture], color="grey", ls=":", lw=1.5, label="SWD floor (exact samples)")
     axes[1].axhline(0.01, color="black", ls=":", lw=1, label="outlier rate of exact samples (0.01)")
