@@ -60,12 +60,13 @@ def test_lab_claims_prints_verdicts_and_fails_when_one_did_not_hold(monkeypatch)
 
     def fake(names=None):
         picked.append(names)
-        return [(claims.CLAIMS[1], "held", "F1 evidence"), (claims.CLAIMS[2], "did not hold", "grok evidence")]
+        return [(claims.CLAIMS[1], "held", "F1 evidence"), (claims.CLAIMS[2], "did not hold", "grok [miss, 5]")]
 
     monkeypatch.setattr(claims, "reproductions", fake)
     result = cli.invoke(app, ["lab", "claims", "diffgrad-f1,grokfast-grokking"], env={"COLUMNS": "200"})
     assert picked == [["diffgrad-f1", "grokfast-grokking"]]
     assert result.exit_code == 1 and "did not hold" in result.output and "F1 evidence" in result.output
+    assert "[miss, 5]" in result.output  # evidence is text, never rich markup
 
 
 def test_lab_run_with_weight_averaging_prints_both_losses(tmp_path):

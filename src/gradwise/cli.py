@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -75,7 +76,7 @@ def _report(storage: str, out: Path) -> Path:
         for column in ("claim", "verdict", "evidence"):
             claims.add_column(column)
         for claim, verdict, evidence in verdicts(results):
-            claims.add_row(claim.name, verdict, evidence)
+            claims.add_row(claim.name, verdict, escape(evidence))
         console.print(claims)
     console.print(f"report: [bold]{path}[/]")
     return path
@@ -167,7 +168,7 @@ def lab_claims(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     for claim, verdict, evidence in found:
-        table.add_row(claim.name, claim.source, verdict, evidence)
+        table.add_row(claim.name, claim.source, verdict, escape(evidence))
     console.print(table)
     if any(verdict != "held" for _, verdict, _ in found):
         raise typer.Exit(1)
