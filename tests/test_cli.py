@@ -77,3 +77,10 @@ def test_lab_run_with_weight_averaging_prints_both_losses(tmp_path):
     result = cli.invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "raw and averaged model" in result.output and "adamw+cautious" in result.output
+
+
+def test_lab_sampling_is_mounted_and_refuses_an_unknown_method(tmp_path):
+    result = cli.invoke(app, ["lab", "sampling", "--out", str(tmp_path), "--methods", "no_such_method"])
+    assert result.exit_code != 0
+    assert "no_such_method" in result.output
+    assert not (tmp_path / "rows.json").exists()

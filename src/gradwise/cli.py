@@ -1,4 +1,4 @@
-"""The `gradwise` command. `gradwise lab run | report | list | worker`: the benchmark lab."""
+"""The `gradwise` command. `gradwise lab run | report | list | claims | worker | sampling`: the benchmark lab."""
 
 from __future__ import annotations
 
@@ -191,6 +191,11 @@ def lab_worker(
         except ValueError as error:
             raise typer.BadParameter(str(error)) from error
     console.print(f"worker done: suite {plan.suite}, {plan.units} runs finished in {storage}")
+
+
+from .lab.sampling_suite import sampling_command  # noqa: E402
+
+lab_app.command("sampling")(sampling_command)
 
 
 def main() -> None:
