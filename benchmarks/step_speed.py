@@ -420,7 +420,7 @@ def format_targets(report: Report) -> str:
 # -- output ------------------------------------------------------------------------------------------------
 COLUMNS = ("optimizer", "shape", "k", "path", "compile s", "eager ms", "compiled ms", "fused ms", "floor ms",
            "peer ms", "e/floor", "c/floor", "fused/floor", "e/fused", "c/fused", "e/peer", "c/peer")
-WIDTHS = (10, 12, 2, 15, 9, 8, 11, 8, 8, 8, 7, 7, 11, 7, 7, 6, 6)
+WIDTHS = (11, 12, 2, 15, 9, 8, 11, 8, 8, 8, 7, 7, 11, 7, 7, 6, 6)
 
 
 def _cell(value: float | None, digits: int = 2) -> str:
