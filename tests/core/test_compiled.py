@@ -284,3 +284,64 @@ def test_compile_flag_is_checked_and_not_saved():
     opt = gw.create("adamw", params, compile="aot_eager")
     assert opt.compile == "aot_eager" and "compile" not in opt.state_dict()["param_groups"][0]
     assert gw.AdamW(params).compile is False
+
+
+def test_fast_path_skips_the_scan_and_every_change_between_steps_is_seen():
+    # steps with set_to_none=False keep the same gradient tensors: the compiled optimizer then skips the
+    # per-parameter scan (_params_with_grad); each change made between two steps must send it back to the scan
+    params = make_params(shapes=[(5,), (3,), (4,), (2,)])
+    eager = clone(params)
+    opt = gw.AdamW(params, lr=1e-2, compile="eager")
+    ref = gw.AdamW(eager, lr=1e-2)
+    scans = []
+    scan = opt._params_with_grad
+    opt._params_with_grad = lambda: scans.append(1) or scan()
+
+    def no_grad(ps, o):  # parameter 1 gets no gradient
+        ps[1].grad = None
+
+    def new_data(ps, o):  # p.data replaced by a tensor of the same dtype
+        ps[0].data = ps[0].data.clone()
+
+    def reload(ps, o):
+        o.load_state_dict(roundtrip(o.state_dict()))
+
+    def new_state(ps, o):  # a parameter's state dict replaced by copies
+        o.state[ps[2]] = {k: v.clone() for k, v in o.state[ps[2]].items()}
+
+    def to_double(ps, o):  # what model.to(float64) does: p.data and p.grad.data replaced
+        for p in ps:
+            p.data = p.data.double()
+            if p.grad is not None:
+                p.grad.data = p.grad.data.double()
+        for st in o.state.values():
+            st.update({k: v.double() for k, v in st.items() if k != "step"})
+
+    def new_group(ps, o):
+        o.add_param_group({"params": [ps[4]]})
+
+    # parameter 1 missing a step sends its bucket to the per-parameter path (step counts differ): last
+    changes = {4: lambda ps, o: o.zero_grad(set_to_none=True), 6: new_data, 8: reload, 10: new_state,
+               12: to_double, 14: new_group, 16: no_grad}
+    params.append(torch.ones(3, dtype=torch.float32, requires_grad=True))
+    eager.append(params[-1].detach().clone().requires_grad_())
+    for k in range(20):
+        for ps, o in ((params, opt), (eager, ref)):
+            if k in changes:
+                changes[k](ps, o)
+            skip = (1,) if k == 16 else ()
+            o.zero_grad(set_to_none=False)
+            backward(ps[:4] if k < 14 else ps, k, skip=skip)
+            o.step()
+        assert_close(params, eager, 1e-12 if params[0].dtype == torch.float64 else 1e-6)
+        for p, q in zip(params, eager, strict=True):
+            if q in ref.state:
+                assert_close([opt.state[p][key] for key in ref.state[q]], list(ref.state[q].values()), 1e-12)
+        scanned = bool(scans)
+        scans.clear()
+        # the numbers above show each change was seen; a step after a change may scan, and so may the next
+        # (a layout gathered again) and the first two (the first re-points the gradients); no other step does
+        if k >= 2 and k not in changes and k - 1 not in changes:
+            assert not scanned, k
+            assert k > 16 or opt._compiled._last.plan is not None, k  # every parameter in a flat layout
+    assert [float(opt.state[p]["step"]) for p in params] == [20, 19, 20, 20, 6]

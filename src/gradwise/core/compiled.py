@@ -259,19 +259,58 @@ class FlatLayout:
             )
         )
 
+    def still_in_place(self) -> bool:
+        """`matches` for members known to be the same parameters with the same state dicts (the step's
+        fingerprint says so): their data has not moved and their state still holds the views."""
+        return list(map(Tensor.data_ptr, self.members)) == self.ptrs and all(
+            all(map(operator.is_, map(dict.get, self.states, itertools.repeat(k)), views))
+            for k, views in self.views.items()
+        )
+
     def attach_grads(self) -> None:
         """Make each p.grad the view of the flat gradient buffer, copying the gradients that are not."""
         if all(map(operator.is_, map(_grad_of, self.members), self.grads)):
             return
-        for p, view in zip(self.members, self.grads, strict=True):
-            g = p.grad
-            if g is not view:
-                view.copy_(g)
-                p.grad = view
+        pairs = [(p, view) for p, view in zip(self.members, self.grads, strict=True) if p.grad is not view]
+        # one call copies them all (after zero_grad(set_to_none=True), every gradient is new each step)
+        torch._foreach_copy_([view for _, view in pairs], [p.grad for p, _ in pairs])
+        for p, view in pairs:
+            p.grad = view
 
 
 # -- the engine's entry points ---------------------------------------------------------------------------------
 Plan = dict[int, dict[tuple, tuple[list[Tensor], FlatLayout | None]]]
+_params_of = operator.itemgetter("params")
+
+
+class _Fingerprint:
+    """What one step's `params_with_grad` saw, to tell the next step that nothing changed in O(1) Python
+    calls: the param groups, their parameters, each parameter's gradient object (None included: a
+    gradient that appears or goes away changes the work) and the state's per-parameter dicts, in order."""
+
+    __slots__ = ("groups", "lists", "params", "grads", "work", "plan", "state", "values")
+
+    def __init__(self, optimizer: Any, work: list, plan: Plan | None) -> None:
+        self.groups = list(optimizer.param_groups)
+        self.lists = list(map(_params_of, self.groups))
+        self.params = list(itertools.chain.from_iterable(self.lists))
+        self.grads = list(map(_grad_of, self.params))
+        self.work = work
+        self.plan = plan
+        self.state = optimizer.state
+        self.values = list(self.state.values())
+
+    def holds(self, optimizer: Any) -> bool:
+        groups = optimizer.param_groups
+        if len(groups) != len(self.groups) or not all(map(operator.is_, groups, self.groups)):
+            return False
+        lists = list(map(_params_of, groups))
+        if not all(map(operator.is_, lists, self.lists)) or sum(map(len, lists)) != len(self.params):
+            return False
+        params = itertools.chain.from_iterable(lists)
+        return all(map(operator.is_, params, self.params)) and all(
+            map(operator.is_, map(_grad_of, self.params), self.grads)
+        )
 
 
 class CompiledStep:
@@ -286,11 +325,44 @@ class CompiledStep:
         self.signatures: dict[int, set] = {}
         self.warned: set[tuple[int, str]] = set()
         self._plan: tuple[Any, Plan] | None = None
+        self._last: _Fingerprint | None = None
 
     def invalidate(self) -> None:
         """Forget every flat layout (after load_state_dict): the next step gathers the buffers again."""
         self.layouts.clear()
         self._plan = None
+        self._last = None
+
+    # step, part 0: which parameters have a gradient
+    def params_with_grad(self) -> list[tuple[dict, list[Tensor]]]:
+        """The engine's `_params_with_grad` followed by `begin`, both skipped when the last step's
+        fingerprint still holds: the same groups and parameters, each gradient the very tensor it was (the
+        view of a flat buffer, for laid-out parameters), the same state dicts, and every layout in place.
+        The checks are identity and data-pointer comparisons run by map() in C, not a Python loop."""
+        last = self._last
+        if last is not None and last.holds(self.optimizer):
+            if last.plan is not None and self._plan_holds(last):
+                self._plan = (last.work, last.plan)
+                return last.work
+            self.begin(last.work)
+            return last.work
+        work = self.optimizer._params_with_grad()
+        self.begin(work)
+        return work
+
+    def _plan_holds(self, last: _Fingerprint) -> bool:
+        state = self.optimizer.state
+        if (
+            state is not last.state
+            or len(state) != len(last.values)
+            or not all(map(operator.is_, state.values(), last.values))
+        ):
+            return False
+        for gi, buckets in last.plan.items():
+            for key, (_, layout) in buckets.items():
+                if self.layouts.get((gi, key)) is not layout or not layout.still_in_place():
+                    return False
+        return True
 
     # step, part 1: before the non-finite check
     def begin(self, work: list[tuple[dict, list[Tensor]]]) -> None:
@@ -316,6 +388,8 @@ class CompiledStep:
                     layout = None
                 plan[gi][key] = (members, layout)
         self._plan = (work, plan)
+        complete = all(layout is not None for buckets in plan.values() for _, layout in buckets.values())
+        self._last = _Fingerprint(self.optimizer, work, plan if complete else None)
 
     def _single_layout(self, gi: int) -> tuple[tuple, FlatLayout] | None:
         found = [(key[1], layout) for key, layout in self.layouts.items() if key[0] == gi]

@@ -263,10 +263,9 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = self._params_with_grad()
         compiled = getattr(self, "_compiled", None)
-        if compiled is not None:
-            compiled.begin(work)
+        # compiled: the same list, without the per-parameter loop when nothing changed since the last step
+        work = self._params_with_grad() if compiled is None else compiled.params_with_grad()
         check = self._gradients_finite if compiled is None else compiled.gradients_finite
         if self.nonfinite != "ignore" and not check(work):
             self.skipped_steps += 1
