@@ -27,6 +27,8 @@ from ..core import Transform, kernel_transform, zeros_state
 
 def gaussian_like(p: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """A tensor of independent N(0, 1) draws with p's shape, dtype and device."""
+    if generator is None:  # no generator argument at all: torch.compile traces randn without one
+        return torch.randn(p.shape, dtype=p.dtype, device=p.device)
     return torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device)
 
 
