@@ -9,8 +9,14 @@ ratios, not milliseconds, on a shared machine:
   compiled          gradwise.AdamW(compile=True): flat buffers, one inductor call per bucket; the
                     non-finite check reads the flat gradient buffer once
   compiled-ignore   the same with nonfinite="ignore" (no check)
+  compiled-newgrad  compiled, but every step finds new gradient tensors (as after zero_grad(set_to_none=True)
+                    and backward): they are copied into the flat buffer; setting them is not timed
   floor             7 passes (read p, g, m, v; write p, m, v) x 4 bytes x elements / bandwidth of the in-place
                     triad a += s b, timed in the same round-robin
+
+--clock cpu times each step by the CPU time of this thread (time.thread_time) instead of the wall clock: with
+one thread and a loaded machine it leaves out the time spent waiting for a core (it still counts cache misses
+caused by neighbours), so its ratios move less from run to run.
 
 Compile time: a model of 100 tensors (50 Linear(64, 64) layers: two param groups, decayed weights and
 biases without decay, so two graphs) trained for one step with compile=True in a child process whose
@@ -20,7 +26,7 @@ seconds and in CPU seconds of the process and its compiler children (the load-in
 shared machine), the process start-up (import of torch and gradwise) and the inductor cache counters.
 
 Run:  .venv/bin/python benchmarks/compiled_step.py [--threads 1] [--repeats 30] [--shapes 100x100k,1000x1k]
-                                                   [--skip-compile-time]
+                                                   [--skip-compile-time] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -58,26 +64,41 @@ def contenders(count: int, size: int) -> dict:
     steps["compiled"] = gradwise.AdamW(make_params(count, size), lr=1e-3, compile=True).step
     steps["compiled-ignore"] = gradwise.AdamW(make_params(count, size), lr=1e-3, compile=True,
                                               nonfinite="ignore").step
+    params = make_params(count, size)
+    pool = [[p.grad.clone() for p in params] for _ in range(2)]
+    steps["compiled-newgrad"] = gradwise.AdamW(params, lr=1e-3, compile=True).step
+    turn = [0]
+
+    def new_grads() -> None:
+        turn[0] ^= 1
+        for p, g in zip(params, pool[turn[0]], strict=True):
+            p.grad = g
+
     a, b = torch.randn(TRIAD_ELEMENTS), torch.randn(TRIAD_ELEMENTS)
     steps["triad"] = lambda: a.add_(b, alpha=1e-9)
-    return steps
+    return steps, {"compiled-newgrad": new_grads}
 
 
-def time_shape(count: int, size: int, repeats: int, warmup: int) -> dict[str, float]:
-    steps = contenders(count, size)
+def time_shape(count: int, size: int, repeats: int, warmup: int, clock=time.perf_counter) -> dict[str, float]:
+    steps, setups = contenders(count, size)
     first = {}
     for name, step in steps.items():
+        setup = setups.get(name, lambda: None)
+        setup()
         start = time.perf_counter()
         step()
         first[name] = time.perf_counter() - start
         for _ in range(warmup):
+            setup()
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
+            if name in setups:
+                setups[name]()
+            start = clock()
             step()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     medians["floor"] = 7 * 4 * count * size / (3 * 4 * TRIAD_ELEMENTS / medians["triad"])
     return {"median_s": medians, "first_s": first}
@@ -134,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--skip-compile-time", action="store_true")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--first-step-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -151,13 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         for run, r in runs.items():
             print(f"{run:>5} {r['first_step_s']:12.1f} {r['first_step_cpu_s']:9.1f} {r['startup_s']:10.1f} "
                   f"{r['process_s']:9.1f} {r['graphs']:6d}  {r['inductor']}")
-    print("\nAdamW step, ms (median of the round-robin); x fused and x floor from the same run:")
+    print(f"\nAdamW step, ms of {args.clock} time (median of the round-robin); x fused and x floor from the same run:")
     print(f"{'shape':>9} {'contender':>16} {'ms':>9} {'x fused':>8} {'x floor':>8} {'first call s':>12}")
     for shape in args.shapes.split(","):
         count, size = SHAPES[shape]
-        result = time_shape(count, size, args.repeats, args.warmup)
+        clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+        result = time_shape(count, size, args.repeats, args.warmup, clock)
         ms = result["median_s"]
-        for name in ("floor", "fused", "eager", "compiled", "compiled-ignore"):
+        for name in ("floor", "fused", "eager", "compiled", "compiled-ignore", "compiled-newgrad"):
             first = result["first_s"].get(name)
             first_text = f"{first:12.1f}" if first is not None else f"{'-':>12}"
             print(f"{shape:>9} {name:>16} {ms[name] * 1e3:9.2f} {ms[name] / ms['fused']:8.2f} "

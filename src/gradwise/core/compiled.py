@@ -20,7 +20,9 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
   and data pointer, that the views are still in place (`load_state_dict`, `model.to`,
   `zero_grad(set_to_none=True)` replace them); a gradient that is not the view is copied in and the view
   attached as `p.grad`, so that backward accumulates straight into the flat buffer from then on (with
-  `zero_grad(set_to_none=False)`).
+  `zero_grad(set_to_none=False)`). When the gradients are those very views, the step's fingerprint
+  (`_Fingerprint`: the groups, parameters, gradient objects and state dicts of the last step) replaces the
+  engine's per-parameter scan and the bucketing: its checks are map() calls over precomputed lists, in C.
 - Per-parameter path otherwise: one function compiled with dynamic shapes, called for each parameter, with
   the group's storage `open`/`close` inside it.
 - Fallback: a chain with a transform that has no kernel, a kernel capturing something the key cannot
