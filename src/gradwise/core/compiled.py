@@ -283,6 +283,7 @@ class FlatLayout:
 # -- the engine's entry points ---------------------------------------------------------------------------------
 Plan = dict[int, dict[tuple, tuple[list[Tensor], FlatLayout | None]]]
 _params_of = operator.itemgetter("params")
+_is_sparse = operator.attrgetter("is_sparse")
 
 
 class _Fingerprint:
@@ -290,29 +291,27 @@ class _Fingerprint:
     calls: the param groups, their parameters, each parameter's gradient object (None included: a
     gradient that appears or goes away changes the work) and the state's per-parameter dicts, in order."""
 
-    __slots__ = ("groups", "lists", "params", "grads", "work", "plan", "state", "values")
+    __slots__ = ("groups", "lists", "params", "grads", "full", "work", "plan", "state", "values")
 
     def __init__(self, optimizer: Any, work: list, plan: Plan | None) -> None:
         self.groups = list(optimizer.param_groups)
         self.lists = list(map(_params_of, self.groups))
         self.params = list(itertools.chain.from_iterable(self.lists))
         self.grads = list(map(_grad_of, self.params))
+        self.full = all(map(operator.is_not, self.grads, itertools.repeat(None)))  # every parameter in work
         self.work = work
         self.plan = plan
         self.state = optimizer.state
         self.values = list(self.state.values())
 
-    def holds(self, optimizer: Any) -> bool:
+    def same_parameters(self, optimizer: Any) -> bool:
         groups = optimizer.param_groups
         if len(groups) != len(self.groups) or not all(map(operator.is_, groups, self.groups)):
             return False
         lists = list(map(_params_of, groups))
         if not all(map(operator.is_, lists, self.lists)) or sum(map(len, lists)) != len(self.params):
             return False
-        params = itertools.chain.from_iterable(lists)
-        return all(map(operator.is_, params, self.params)) and all(
-            map(operator.is_, map(_grad_of, self.params), self.grads)
-        )
+        return all(map(operator.is_, itertools.chain.from_iterable(lists), self.params))
 
 
 class CompiledStep:
@@ -342,12 +341,27 @@ class CompiledStep:
         view of a flat buffer, for laid-out parameters), the same state dicts, and every layout in place.
         The checks are identity and data-pointer comparisons run by map() in C, not a Python loop."""
         last = self._last
-        if last is not None and last.holds(self.optimizer):
-            if last.plan is not None and self._plan_holds(last):
+        if last is not None and last.same_parameters(self.optimizer):
+            grads = list(map(_grad_of, last.params))
+            if all(map(operator.is_, grads, last.grads)):
+                if last.plan is not None and self._plan_holds(last):
+                    self._plan = (last.work, last.plan)
+                    return last.work
+                self.begin(last.work)
+                return last.work
+            if (
+                last.plan is not None
+                and last.full
+                and all(map(operator.is_not, grads, itertools.repeat(None)))
+                and not any(map(_is_sparse, grads))
+                and self._plan_holds(last)
+            ):  # every parameter has a new gradient (zero_grad(set_to_none=True), backward): copy them in
+                for buckets in last.plan.values():
+                    for _, layout in buckets.values():
+                        layout.attach_grads()
+                last.grads = list(map(_grad_of, last.params))
                 self._plan = (last.work, last.plan)
                 return last.work
-            self.begin(last.work)
-            return last.work
         work = self.optimizer._params_with_grad()
         self.begin(work)
         return work
