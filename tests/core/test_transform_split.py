@@ -17,14 +17,12 @@ from gradwise.core.registry import entry
 NAMES = gw.available()
 STEPS = 5
 LRS = {"adagradnorm": 1.0}
-OPTIONS = {
+OPTIONS = {  # every engine option that rewrites the chain, each clipping mode once
     "default": {},
-    "cautious": {"cautious": True},
-    "grokfast": {"grokfast": "ema"},
-    "grokfast_ma": {"grokfast": "ma", "grokfast_window": 3},
-    "clip": {"clip_grad_norm": 1.0},
+    "cautious": {"cautious": True, "clip_component_norm": 1.0},
+    "grokfast_ema": {"grokfast": "ema", "clip_grad_norm": 1.0},
+    "grokfast_ma": {"grokfast": "ma", "grokfast_window": 3, "clip_grad_value": 0.5},
 }
-
 
 def params():
     g = torch.Generator().manual_seed(0)
