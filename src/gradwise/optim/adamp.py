@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
-from torch import Tensor
 from torch.optim.optimizer import required
 
 from ..core import (
@@ -16,43 +14,14 @@ from ..core import (
     NonNegative,
     Transform,
     UnitInterval,
-    kernel_transform,
     register,
 )
-from ..transforms.moments import first_moment, second_moment
+from ..transforms.moments import adam_direction, first_moment, second_moment
 from ..transforms.momentum import heavy_ball, replace_buffer
 from ..transforms.projection import radial_projection
-from ..transforms.steps import sgd_step
+from ..transforms.steps import bias_corrected_step, sgd_step
 
 PAPER = "Heo et al., AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights"
-
-
-def _adam_direction(beta1: float, beta2: float, eps: float, nesterov: bool) -> Transform:
-    """u <- m / (sqrt(v / (1 - b2^t)) + eps), or (b1 m + (1 - b1) u) / (...) with Nesterov's look-ahead.
-
-    Reads m = state["exp_avg"] and v = state["exp_avg_sq"]; the 1 / (1 - b1^t) correction of m is left to
-    `_bias_corrected_step`, as in the authors' code, so that the projection sees the same vector as theirs.
-    """
-
-    def coefficients(t: float) -> tuple[float, float, float, float]:
-        return (math.sqrt(1 - beta2**t), eps, beta1, 1 - beta1)
-
-    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        denom = (s["exp_avg_sq"].sqrt() / c[0]).add_(c[1])
-        ahead = s["exp_avg"].mul(c[2]).add_(u, alpha=c[3]) if nesterov else s["exp_avg"]
-        return ahead / denom
-
-    return kernel_transform(kernel, coefficients, elementwise=True)
-
-
-def _bias_corrected_step(lr: float, beta1: float) -> Transform:
-    """p <- p - lr / (1 - b1^t) u: Adam's step size applied to a direction built from the raw first moment."""
-
-    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        p.add_(u, alpha=c[0])
-        return u
-
-    return kernel_transform(kernel, lambda t: (-lr / (1 - beta1**t),), writes=True, elementwise=True)
 
 
 @register("adamp", paper=PAPER, year=2021, oracle="adamp.AdamP (PyPI adamp 0.3.0)")
@@ -83,10 +52,10 @@ class AdamP(ChainOptimizer):
         return (
             first_moment(beta1),
             second_moment(beta2),
-            _adam_direction(beta1, beta2, h.eps, h.nesterov),
+            adam_direction(beta1, beta2, h.eps, h.nesterov),
             # projection and decay are one transform: the decay rate depends on the projection's verdict
             radial_projection(h.delta, h.wd_ratio, h.eps, decay=h.lr * h.weight_decay),
-            _bias_corrected_step(h.lr, beta1),
+            bias_corrected_step(h.lr, beta1),
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -42,3 +44,22 @@ def running_max(source: str = "exp_avg_sq", key: str = "max_exp_avg_sq") -> Tran
         return u
 
     return kernel_transform(kernel, init=zeros_state(key), elementwise=True)
+
+
+def adam_direction(beta1: float, beta2: float, eps: float, nesterov: bool) -> Transform:
+    """AdamP's direction u <- m / (sqrt(v / (1 - b2^t)) + eps), or (b1 m + (1 - b1) u) / (...) with Nesterov's
+    look-ahead.
+
+    Reads m = state["exp_avg"] and v = state["exp_avg_sq"]; the 1 / (1 - b1^t) correction of m is left to
+    `bias_corrected_step`, as in the authors' code, so that the projection sees the same vector as theirs.
+    """
+
+    def coefficients(t: float) -> tuple[float, float, float, float]:
+        return (math.sqrt(1 - beta2**t), eps, beta1, 1 - beta1)
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        denom = (s["exp_avg_sq"].sqrt() / c[0]).add_(c[1])
+        ahead = s["exp_avg"].mul(c[2]).add_(u, alpha=c[3]) if nesterov else s["exp_avg"]
+        return ahead / denom
+
+    return kernel_transform(kernel, coefficients, elementwise=True)

@@ -55,3 +55,13 @@ def folded_adam_step(lr: float, beta1: float, beta2: float, eps: float, second: 
         return u
 
     return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
+
+
+def bias_corrected_step(lr: float, beta1: float) -> Transform:
+    """p <- p - lr / (1 - b1^t) u: Adam's step size applied to a direction built from the raw first moment."""
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        p.add_(u, alpha=c[0])
+        return u
+
+    return kernel_transform(kernel, lambda t: (-lr / (1 - beta1**t),), writes=True, elementwise=True)
