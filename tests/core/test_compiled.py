@@ -347,3 +347,16 @@ def test_fast_path_skips_the_scan_and_every_change_between_steps_is_seen():
             assert not scanned, k
             assert k > 16 or opt._compiled._last.plan is not None, k  # every parameter in a flat layout
     assert [float(opt.state[p]["step"]) for p in params] == [20, 19, 20, 20, 6]
+
+
+def test_float64_scalar_state_runs_eagerly_from_the_first_step():
+    """AdaGrad-Norm keeps a 0-dim float64 state in float64: the check must see the state the first step
+    allocates, or that step runs compiled and loses its in-place update (then every later step is off)."""
+    params = make_params((torch.float64,), shapes=[(4, 3), (2, 5)])
+    eager = clone(params)
+    opt = gw.create("adagradnorm", params, lr=1.0, compile="aot_eager")
+    with pytest.warns(UserWarning, match="0-dim float64"):
+        train(opt, params, 4)
+    ref = gw.create("adagradnorm", eager, lr=1.0)
+    train(ref, eager, 4)
+    assert_close(params, eager, 0.0)

@@ -552,14 +552,14 @@ class CompiledStep:
         rest = []
         for i, p in enumerate(members):
             st = state[p]
+            if "step" not in st:  # before the check below: the state a chain allocates may be 0-dim float64
+                self.optimizer._init_state(p, st, chain)
+                if storage is not None:
+                    storage.init(p, st)
             if _scalar_double(p) or any(_scalar_double(v) for k, v in st.items() if k != "step"):
                 self._warn(gi, SCALAR_DOUBLE)
                 rest.append(p)
                 continue
-            if "step" not in st:
-                self.optimizer._init_state(p, st, chain)
-                if storage is not None:
-                    storage.init(p, st)
             try:
                 values = [tr.coefficients(float(st["step"]) + 1) for tr in chain]
                 pattern = coefficient_pattern(values)
