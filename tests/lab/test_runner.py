@@ -177,3 +177,13 @@ def test_an_optimizer_that_cannot_be_built_is_reported_not_run(tmp_path, monkeyp
     meta = optuna.load_study(study_name=runner.META_STUDY, storage=open_storage(url)).user_attrs
     assert "bogus" in meta["errors"][others[0]]
     assert f"environment {runner.socket.gethostname()}:{os.getpid()}" in meta
+
+
+@pytest.mark.parametrize("name", ["sps", "alrsmag"])
+def test_optimizers_that_read_the_loss_get_it_from_the_lab(name):
+    """The Polyak step sizes need each batch's loss: the lab's training loop hands it to them."""
+    prob = runner.problem("logreg-cancer")
+    result = runner.train(prob, name, {"lr": 0.5}, seed=0)
+    assert result.error is None and not result.diverged
+    losses = [v for v in result.curve["loss"] if v is not None]
+    assert losses[-1] < losses[0]

@@ -21,7 +21,7 @@ import torch
 from . import analysis
 from .analysis import Results
 from .problems import CURVES, PROBLEMS, Problem
-from .runner import build_optimizer, train
+from .runner import build_optimizer, take_step, train
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,9 @@ def steps_to_goal(prob: Problem, optimizer: str, params: dict[str, Any], seed: i
     opt = build_optimizer(optimizer, inst.model, {"weight_decay": prob.weight_decay, **params})
     for step in range(1, limit + 1):
         opt.zero_grad(set_to_none=True)
-        inst.train_loss(step - 1).backward()
-        opt.step()
+        loss = inst.train_loss(step - 1)
+        loss.backward()
+        take_step(opt, loss)
         if step % every == 0:
             value = inst.evaluate()[prob.target]
             if not math.isfinite(value):

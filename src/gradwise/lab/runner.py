@@ -303,6 +303,14 @@ def _evaluate_with(inst: Any, module: torch.nn.Module) -> dict[str, float]:
         inst.model = model
 
 
+def take_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """opt.step(), handing the batch's loss to optimizers that read it (the Polyak step sizes)."""
+    if getattr(opt, "needs_loss", False):
+        opt.step(loss=loss.detach())
+    else:
+        opt.step()
+
+
 def train(prob: Problem, optimizer: str, params: dict[str, float], seed: int,
           average: str | None = None) -> RunResult:
     """Train `prob` with `optimizer` (a registered name, possibly with variants: "adamw+cautious") at `params`
@@ -335,7 +343,7 @@ def train(prob: Problem, optimizer: str, params: dict[str, float], seed: int,
         opt.zero_grad(set_to_none=True)
         loss = inst.train_loss(step - 1)
         loss.backward()
-        opt.step()
+        take_step(opt, loss)
         elapsed += time.perf_counter() - start
         if averager is not None:
             averager.update(inst.model)
