@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/gradwise lab run --suite quick --out lab-results
+	$(BIN)/gradwise lab run --suite quick --workers 2 --out lab-results
 
 test: install
 	$(BIN)/ruff check .

@@ -84,3 +84,26 @@ def test_lab_sampling_is_mounted_and_refuses_an_unknown_method(tmp_path):
     assert result.exit_code != 0
     assert "no_such_method" in result.output
     assert not (tmp_path / "rows.json").exists()
+
+
+def test_lab_run_with_two_workers_does_every_run_once(tmp_path):
+    """--workers 2 starts one `gradwise lab worker` beside the run: the plan is finished, nothing twice."""
+    import optuna
+    from optuna.trial import TrialState
+
+    out = tmp_path / "lab"
+    result = cli.invoke(app, ["lab", "run", "--problems", "mlp-digits", "--optimizers", "adamw,lion",
+                              "--trials", "4", "--seeds", "3", "--out", str(out), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    store = runner.open_storage(runner.storage_url(out))
+    owners = set()
+    for summary in optuna.get_all_study_summaries(store):
+        if summary.study_name == runner.META_STUDY:
+            continue
+        trials = optuna.load_study(study_name=summary.study_name, storage=store).get_trials(deepcopy=False)
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        expected = 4 if "/tune-" in summary.study_name else 3
+        assert len(trials) == expected, summary.study_name
+        owners |= {t.user_attrs["claim"]["owner"] for t in trials}
+    assert len(owners) == 2  # both processes did some of the work
+    assert cli.invoke(app, ["lab", "run", "--out", str(tmp_path / "x"), "--workers", "0"]).exit_code != 0

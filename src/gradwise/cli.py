@@ -93,6 +93,7 @@ def lab_run(
     storage: Annotated[str | None, typer.Option(help="SQLAlchemy URL; default: sqlite in --out")] = None,
     out: Annotated[Path, typer.Option(help="folder for the storage and the report")] = Path("lab-results"),
     threads: Annotated[int, typer.Option(help="torch threads per run")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="processes working on the plan at once (one per core)")] = 1,
     average: Annotated[str | None, typer.Option(
         help="also evaluate a weight average of each model: ema[:DECAY], swa[:START] or lawa[:K[:EVERY]]")] = None,
 ) -> None:
@@ -108,7 +109,7 @@ def lab_run(
     console.print(f"suite [bold]{plan.suite}[/]: {len(plan.problems)} problems x {len(plan.optimizers)} "
                   f"optimizers ({', '.join(plan.optimizers)}), {plan.trials} trials + {plan.seeds} seeds each")
     with _progress() as progress:
-        run_lab(plan, url, on_event=_Bar(progress), threads=threads)
+        run_lab(plan, url, on_event=_Bar(progress), threads=threads, workers=workers)
     _report(url, out)
 
 

@@ -20,6 +20,8 @@ import logging
 import math
 import os
 import socket
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -554,11 +556,28 @@ class Lab:
             torch.set_num_threads(previous)
 
 
-def run_lab(plan: Plan, storage: str, on_event: Event = _quiet, threads: int | None = 1) -> None:
-    """Save `plan` in `storage` (a URL) and run it to completion, resuming whatever is already stored."""
+def run_lab(plan: Plan, storage: str, on_event: Event = _quiet, threads: int | None = 1, workers: int = 1) -> None:
+    """Save `plan` in `storage` (a URL) and run it to completion, resuming whatever is already stored.
+
+    workers > 1 starts workers - 1 `gradwise lab worker` processes on the same storage beside this one (one
+    per core is the useful most); each run is still done exactly once (the claims of `Lab`), and this call
+    returns when every run is finished and every worker has exited."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r} is out of range: workers must be an integer >= 1")
     store = open_storage(storage)
     save_plan(store, plan)
-    Lab(store, plan, on_event, threads=threads).run()
+    command = [sys.executable, "-m", "gradwise.cli", "lab", "worker", "--storage", storage, "--poll", "0.5"]
+    if threads:
+        command += ["--threads", str(threads)]
+    helpers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(workers - 1)]
+    try:
+        Lab(store, plan, on_event, threads=threads).run(poll=0.5 if helpers else 2.0)
+    finally:
+        for helper in helpers:
+            _, err = helper.communicate()
+            if helper.returncode != 0:
+                log.warning("lab worker %d exited with %d: %s", helper.pid, helper.returncode, err[-2000:])
 
 
 def run_worker(storage: str, on_event: Event = _quiet, threads: int | None = 1,
