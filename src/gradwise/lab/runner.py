@@ -574,10 +574,13 @@ def run_lab(plan: Plan, storage: str, on_event: Event = _quiet, threads: int | N
     try:
         Lab(store, plan, on_event, threads=threads).run(poll=0.5 if helpers else 2.0)
     finally:
+        failures = []
         for helper in helpers:
             _, err = helper.communicate()
             if helper.returncode != 0:
-                log.warning("lab worker %d exited with %d: %s", helper.pid, helper.returncode, err[-2000:])
+                failures.append(f"lab worker {helper.pid} exited with {helper.returncode}: {err[-2000:]}")
+    if failures:
+        raise RuntimeError("; ".join(failures))
 
 
 def run_worker(storage: str, on_event: Event = _quiet, threads: int | None = 1,
