@@ -25,11 +25,13 @@ class AdamW(ChainOptimizer):
     defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False)
     ranges = dict(lr=NonNegative, betas=Betas(2), eps=NonNegative, weight_decay=NonNegative, amsgrad=Flag())
 
+    decoupled_decay = True  # False: the L2 penalty of Adam (gradwise.optim.variants.Adam)
+
     def chain(self, h: SimpleNamespace):
         beta1, beta2 = h.betas
         second = "max_exp_avg_sq" if h.amsgrad else "exp_avg_sq"
         return (
-            weight_decay(h.lr, h.weight_decay),
+            weight_decay(h.lr, h.weight_decay, decoupled=self.decoupled_decay),
             first_moment(beta1),
             second_moment(beta2),
             *((running_max(),) if h.amsgrad else ()),

@@ -11,9 +11,8 @@ from typing import Any
 
 from ..core import Transform, register
 from ..transforms.decay import weight_decay
-from ..transforms.moments import first_moment, running_max, second_moment
 from ..transforms.momentum import heavy_ball
-from ..transforms.steps import adam_step, sgd_step
+from ..transforms.steps import sgd_step
 from .adamw import AdamW
 from .ademamix import AdEMAMix
 from .adopt import ADOPT
@@ -112,17 +111,7 @@ class Adam(AdamW):
     """
 
     defaults = {**AdamW.defaults, "weight_decay": 0.0}
-
-    def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
-        beta1, beta2 = h.betas
-        second = "max_exp_avg_sq" if h.amsgrad else "exp_avg_sq"
-        return (
-            weight_decay(h.lr, h.weight_decay, decoupled=False),
-            first_moment(beta1),
-            second_moment(beta2),
-            *((running_max(),) if h.amsgrad else ()),
-            adam_step(h.lr, beta1, beta2, h.eps, second=second),
-        )
+    decoupled_decay = False
 
 
 @register("nag", paper="Sutskever, Martens, Dahl & Hinton, On the importance of initialization and momentum in "
