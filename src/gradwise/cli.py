@@ -96,11 +96,26 @@ def lab_run(
     workers: Annotated[int, typer.Option(min=1, help="processes working on the plan at once (one per core)")] = 1,
     average: Annotated[str | None, typer.Option(
         help="also evaluate a weight average of each model: ema[:DECAY], swa[:START] or lawa[:K[:EVERY]]")] = None,
+    distributed: Annotated[str | None, typer.Option(
+        help="under torchrun: train data-parallel with ddp, topk, sign, onebit or diloco instead of tuning, "
+             "recording loss against bytes sent (default problem char-lm; --optimizers: at most one, the "
+             "optimizer the method wraps)")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="with --distributed: steps; default: the problem's")] = None,
+    lr: Annotated[float | None, typer.Option(help="with --distributed: learning rate; default: the method's")] = None,
+    ratio: Annotated[float, typer.Option(help="with --distributed topk: the density sent")] = 0.01,
+    sync_every: Annotated[int, typer.Option(min=1, help="with --distributed diloco: steps between syncs")] = 20,
+    timeout: Annotated[float, typer.Option(help="with --distributed: seconds a collective waits for a peer")] = 120,
 ) -> None:
     """Tune every optimizer, re-run the best configurations over seeds, write the report. Resumes.
-    Optimizer names may carry variants: adamw+grokfast, adamw+cautious, adamw+8bit."""
+    Optimizer names may carry variants: adamw+grokfast, adamw+cautious, adamw+8bit.
+    With --distributed METHOD (launched by torchrun), train the problems data-parallel instead and write
+    loss against bytes communicated to --out (see gradwise.lab.distributed)."""
     from .lab.runner import Plan, run_lab, storage_url
 
+    if distributed is not None:
+        _distributed_run(distributed, _split(problems), _split(optimizers), seeds or 1, steps, lr, ratio,
+                         sync_every, out, threads, timeout)
+        return
     try:
         plan = Plan.make(suite, _split(problems), _split(optimizers), trials, seeds, tune_weight_decay, average)
     except ValueError as error:
@@ -111,6 +126,41 @@ def lab_run(
     with _progress() as progress:
         run_lab(plan, url, on_event=_Bar(progress), threads=threads, workers=workers)
     _report(url, out)
+
+
+def _distributed_run(method: str, problems: list[str] | None, optimizers: list[str] | None, seeds: int,
+                     steps: int | None, lr: float | None, ratio: float, sync_every: int, out: Path, threads: int,
+                     timeout: float) -> None:
+    """`lab run --distributed`: every rank trains each problem and seed; rank 0 prints and writes the results."""
+    import torch
+    import torch.distributed as dist
+
+    from .lab.distributed import Settings, TorchrunMissing, init_from_env, train
+    from .lab.problems import problem
+
+    try:
+        if optimizers is not None and len(optimizers) > 1:
+            raise ValueError(f"--optimizers: --distributed trains with one optimizer, got {', '.join(optimizers)}")
+        chosen = [problem(name) for name in (problems or ["char-lm"])]
+        settings = [Settings(method, steps or p.steps, seed, optimizers[0] if optimizers else None, lr, ratio,
+                             sync_every) for p in chosen for seed in range(seeds)]
+        rank, world = init_from_env(timeout)
+    except (ValueError, TorchrunMissing) as error:
+        raise typer.BadParameter(str(error)) from error
+    torch.set_num_threads(threads)
+    try:
+        for p, s in zip([p for p in chosen for _ in range(seeds)], settings, strict=True):
+            result = train(p, s)
+            if rank == 0:
+                last = result.rows[-1]
+                paths = result.write(out / f"seed-{s.seed}" if seeds > 1 else out)
+                console.print(f"{p.name} / {method} ({result.settings['optimizer']}, lr {result.settings['lr']:g}), "
+                              f"{world} ranks, {s.steps} steps: loss {result.final_loss():.4f}, "
+                              f"{last['bytes_sent'] / 1e6:.3f} MB sent per rank "
+                              f"({last['dense_bytes'] / max(1, last['bytes_sent']):.1f}x less than a float32 "
+                              f"all-reduce), {result.wall_s:.1f} s: [bold]{paths[0]}[/]", soft_wrap=True)
+    finally:
+        dist.destroy_process_group()
 
 
 @lab_app.command("report")

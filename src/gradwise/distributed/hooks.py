@@ -208,6 +208,7 @@ def _finish(state: CompressionState, bucket: dist.GradBucket, payload: Tensor,
         state.step += 1
     try:
         gathered, work = all_gather_bytes(payload, group, async_op=True)
+        assert work is not None  # async_op=True always returns a Work
     except (RuntimeError, dist.DistBackendError) as error:
         raise PeerFailure(failure_message(f"{state.kind} compression hook", group, error)) from error
 

@@ -265,6 +265,7 @@ class OneBitAdam(torch.optim.Optimizer):
         """Restore this rank's part of a checkpoint that rank 0 saved (same world size and parameters)."""
         extra = state_dict.get("onebit") if isinstance(state_dict, dict) else None
         mine = own_part("OneBitAdam", extra, self.process_group)
+        assert extra is not None  # own_part raised otherwise
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
         for i, p in enumerate(p for _, p in self._all()):
             if i in mine["worker_error"]:
