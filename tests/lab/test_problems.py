@@ -111,3 +111,19 @@ def test_corpus_ships_with_python_and_splits_in_order():
     for part in ("train", "val", "test"):
         assert 0 <= int(c[part].min()) and int(c[part].max()) < int(c["vocab"])
     assert (c["train"] == 96).float().mean() < 0.01  # almost every character is printable ASCII
+
+
+def test_quick_variants_are_shorter_copies_run_only_by_the_quick_suite():
+    from gradwise.lab.problems import QUICK_VARIANTS
+
+    for short_name, full_name in QUICK_VARIANTS.items():
+        quick, full = PROBLEMS[short_name], PROBLEMS[full_name]
+        assert quick.steps < full.steps and quick.kind == full.kind and quick.lr_range == full.lr_range
+        a, b = quick.instance(0).model, full.instance(0).model
+        assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]  # the same network
+        assert short_name in SUITES["quick"].problems and full_name not in SUITES["quick"].problems
+        assert short_name not in SUITES["standard"].problems and full_name in SUITES["standard"].problems
+    # the quick CNN measures its training loss on a fixed subset; the full one on the whole training split
+    with torch.no_grad():
+        assert PROBLEMS["cnn-digits-quick"].instance(0).evaluate()["loss"] != PROBLEMS["cnn-digits"].instance(
+            0).evaluate()["loss"]
