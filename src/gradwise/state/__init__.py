@@ -34,6 +34,7 @@ import torch
 
 from ..core.engine import EngineOption, Storage, Work, extend
 from ..core.validation import Integer, OneOf, Optional
+from . import master as master  # noqa: F401  (registers the master_weights option)
 from .quantize import dequantize, dynamic_map, max_error, quantize
 from .rounding import ROUNDING, stochastic_round
 from .storage import ABSMAX, NON_NEGATIVE, FloatStorage, QuantizedStorage, dequantize_state, is_quantized
