@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -22,6 +23,11 @@ def check_integer(name: str, value: Any, low: int) -> int:
     if value < low:
         raise ValueError(f"{name}={value!r} is out of range: {name} must be an integer >= {low}")
     return value
+
+
+def as_device(device: torch.device | str | None) -> torch.device | None:
+    """`device` as a torch.device (torch.optim.swa_utils is typed for those, and takes a str the same way)."""
+    return torch.device(device) if isinstance(device, str) else device
 
 
 def grouped(ours: list[Tensor], theirs: list[Tensor]) -> list[tuple[list[Tensor], list[Tensor]]]:
@@ -58,7 +64,7 @@ class WeightAverager(AveragedModel):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(use_buffers, bool):
             raise TypeError(f"use_buffers must be True or False, got {use_buffers!r}")
-        super().__init__(unwrap(model), device=device, use_buffers=use_buffers)
+        super().__init__(unwrap(model), device=as_device(device), use_buffers=use_buffers)
         self.calls = 0  # update() calls so far
         self.averaged = 0  # models averaged so far (the host's copy of n_averaged)
 
@@ -88,8 +94,8 @@ class WeightAverager(AveragedModel):
             for a, b in zip(ours, theirs, strict=True):
                 a.copy_(b)
         else:
-            for a, b in grouped(ours, theirs):
-                self.average(a, b)
+            for our_group, their_group in grouped(ours, theirs):
+                self.average(our_group, their_group)
         if not self.use_buffers:
             for a, b in zip(self.module.buffers(), unwrap(model).buffers(), strict=True):
                 a.copy_(b.detach().to(a.device))
@@ -97,6 +103,8 @@ class WeightAverager(AveragedModel):
         self.averaged += 1
 
     def _pairs(self, model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+        ours_all: Iterable[Tensor]
+        theirs_all: Iterable[Tensor]
         if self.use_buffers:
             ours_all = itertools.chain(self.module.parameters(), self.module.buffers())
             theirs_all = itertools.chain(model.parameters(), model.buffers())
@@ -114,8 +122,8 @@ class WeightAverager(AveragedModel):
         model = unwrap(model)
         for a, b in zip(model.parameters(), self.module.parameters(), strict=True):
             a.copy_(b.to(a.device))
-        for a, b in zip(model.buffers(), self.module.buffers(), strict=True):
-            a.copy_(b.to(a.device))
+        for buffer, averaged in zip(model.buffers(), self.module.buffers(), strict=True):
+            buffer.copy_(averaged.to(buffer.device))
 
     # -- saving ------------------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class LAWA(WeightAverager):
             self.checkpoints.register_buffer(f"ring_{i}", torch.zeros((k, *t.shape), dtype=t.dtype, device=t.device))
 
     def _tracked(self) -> list[Tensor]:
-        own = list(self.module.parameters())
+        own: list[Tensor] = list(self.module.parameters())
         return own + list(self.module.buffers()) if self.use_buffers else own
 
     def due(self) -> bool:

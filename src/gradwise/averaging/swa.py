@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import SWALR, get_swa_multi_avg_fn, update_bn
 
-from .base import WeightAverager, check_integer
+from .base import WeightAverager, as_device, check_integer
 
 __all__ = ["SWA", "SWALR", "update_bn"]
 
@@ -51,4 +51,4 @@ class SWA(WeightAverager):
 
     def update_bn(self, loader: Iterable[Any], device: torch.device | str | None = None) -> None:
         """Recompute the averaged model's BatchNorm statistics with one pass over `loader`."""
-        update_bn(loader, self, device)
+        update_bn(loader, self, as_device(device))

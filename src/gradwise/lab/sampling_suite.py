@@ -144,9 +144,10 @@ class Config:
 
     def units(self) -> list[tuple[str, str, int | None, tuple[float, float] | None, int]]:
         """Every (mixture, method, budget, tolerance, seed) to run, cheapest mixture first."""
-        out = []
+        out: list[tuple[str, str, int | None, tuple[float, float] | None, int]] = []
         for mixture in self.mixtures:
             for label in self.methods:
+                settings: list[tuple[int | None, tuple[float, float] | None]]
                 if label == "adaptive":
                     settings = [(None, tol) for tol in self.tolerances]
                 else:
@@ -213,9 +214,11 @@ def run_unit(mixture_name: str, label: str, budget: int | None, tol: tuple[float
     method, options = METHODS[label]
     try:
         if method == "adaptive":
+            assert tol is not None  # Config.units gives the adaptive method a tolerance
             result = sample(mixture, x, karras_sigmas(2, sigma_max=SIGMA_MAX), method="adaptive",
                             generator=torch.Generator().manual_seed(10_000 + seed), rtol=tol[0], atol=tol[1])
         else:
+            assert budget is not None  # and every other method a budget
             sigmas = karras_sigmas(steps_for_nfe(method, budget, **options), sigma_max=SIGMA_MAX)
             result = sample(mixture, x, sigmas, method=method, generator=torch.Generator().manual_seed(10_000 + seed),
                             check_finite=False, **options)
@@ -320,9 +323,10 @@ def momentum_verdict(results: SuiteResults, mixture: str = "ill", budgets: Seque
     held, evidence = True, []
     for base, damped in pairs:
         for budget in budgets:
-            numbers = {f"{label} {metric}": _at_budget(results, mixture, label, budget, metric)
-                       for label in (base, damped) for metric in ("outlier_rate", "swd")}
-            if any(v is None for v in numbers.values()):
+            found = {f"{label} {metric}": _at_budget(results, mixture, label, budget, metric)
+                     for label in (base, damped) for metric in ("outlier_rate", "swd")}
+            numbers = {key: value for key, value in found.items() if value is not None}
+            if len(numbers) < len(found):
                 return Verdict(claim, None, f"needs {base} and {damped} at NFE {budget} on {mixture} in the run")
             figures[f"NFE {budget}"] = {**figures.get(f"NFE {budget}", {}), **numbers}
             out0, out1 = numbers[f"{base} outlier_rate"], numbers[f"{damped} outlier_rate"]
@@ -355,11 +359,12 @@ def adaptive_verdict(results: SuiteResults, mixture: str = "highdim", swd_factor
     target = swd_factor * results.floors[mixture]
     n_adaptive, n_em = nfe_to_target(adaptive, target, outlier_rate), nfe_to_target(em, target, outlier_rate)
     held = math.isfinite(n_adaptive) and n_adaptive < n_em
-    figures = {"target_swd": target, "target_outlier_rate": outlier_rate, "floor_swd": results.floors[mixture],
-               "adaptive_nfe": n_adaptive, "euler_maruyama_nfe": n_em,
-               "adaptive_nfe_swd_only": nfe_to_target(adaptive, target),
-               "euler_maruyama_nfe_swd_only": nfe_to_target(em, target),
-               "adaptive_curve": adaptive, "euler_maruyama_curve": em}
+    figures: dict[str, Any] = {
+        "target_swd": target, "target_outlier_rate": outlier_rate, "floor_swd": results.floors[mixture],
+        "adaptive_nfe": n_adaptive, "euler_maruyama_nfe": n_em,
+        "adaptive_nfe_swd_only": nfe_to_target(adaptive, target),
+        "euler_maruyama_nfe_swd_only": nfe_to_target(em, target),
+        "adaptive_curve": adaptive, "euler_maruyama_curve": em}
 
     def reach(n: float, curve: list) -> str:
         return f"NFE {n:g}" if math.isfinite(n) else f"not by NFE {max(p[0] for p in curve):g}"
@@ -542,8 +547,9 @@ def load_results(path: str | Path) -> SuiteResults:
     path = Path(path)
     payload = json.loads((path / "rows.json" if path.is_dir() else path).read_text(encoding="utf-8"))
     config = payload["config"]
-    config = Config(**{k: tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list)
-                       else value for k, value in config.items()})
+    fields: dict[str, Any] = {k: tuple(tuple(v) if isinstance(v, list) else v for v in value)
+                              if isinstance(value, list) else value for k, value in config.items()}
+    config = Config(**fields)
     for row in payload["rows"]:
         for metric in METRICS:
             value = row[metric]
@@ -575,11 +581,13 @@ def sampling_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    changes: dict[str, Any] = {}
-    for name, value, convert in (("samples", samples, None), ("seeds", seeds, None), ("nfe", nfe, int),
-                                 ("mixtures", mixtures, str), ("methods", methods, str)):
-        if value is not None:
-            changes[name] = tuple(convert(v.strip()) for v in value.split(",") if v.strip()) if convert else value
+    numbers = (("samples", samples), ("seeds", seeds))
+    changes: dict[str, Any] = {name: value for name, value in numbers if value is not None}
+    lists: tuple[tuple[str, str | None, Callable[[str], Any]], ...] = (
+        ("nfe", nfe, int), ("mixtures", mixtures, str), ("methods", methods, str))
+    for name, text, convert in lists:
+        if text is not None:
+            changes[name] = tuple(convert(v.strip()) for v in text.split(",") if v.strip())
     try:
         config = (Config.quick if quick else Config.full)(**changes)
     except ValueError as error:

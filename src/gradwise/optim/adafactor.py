@@ -33,13 +33,14 @@ class _Epsilons(Optional):
 def _first_moment_step(beta1: float) -> Transform:
     """m <- beta1 m + (1 - beta1) u, kept in state["exp_avg"];  u <- m."""
     moment = first_moment(beta1, key="exp_avg")
-    inner = moment.kernel
+    inner, coefficients = moment.kernel, moment.coefficients
+    assert inner is not None and coefficients is not None  # first_moment is built by kernel_transform
 
     def kernel(u, p, s, c):
         inner(u, p, s, c)
         return s["exp_avg"]
 
-    return kernel_transform(kernel, moment.coefficients, moment.init, elementwise=True)
+    return kernel_transform(kernel, coefficients, moment.init, elementwise=True)
 
 
 @register("adafactor", paper="Shazeer & Stern, Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",

@@ -53,11 +53,11 @@ class Adan(ChainOptimizer):
 
     def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
         clipping = any(group["max_grad_norm"] > 0 for group in self.param_groups)
-        grads = [p.grad for _, params in work for p in params]
+        grads = [p.grad for _, params in work for p in params if p.grad is not None]  # all have one
         self._grad_norm = global_grad_norm(grads) if clipping and grads else None
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
-        clip = ()
+        clip: tuple[Transform, ...] = ()
         if h.max_grad_norm > 0 and self._grad_norm is not None:
             clip = (scale_by((h.max_grad_norm / (self._grad_norm + h.eps)).clamp(max=1.0)),)
         return (

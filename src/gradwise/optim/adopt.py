@@ -53,7 +53,7 @@ def adopt_momentum(beta1: float, beta2: float, eps: float, clip_exp: float | Non
 
     def coefficients(t: float) -> tuple[bool, float, float, float, float, float]:
         first = t == 1
-        limit = (t - 1) ** clip_exp if clipped else 0.0
+        limit = (t - 1) ** clip_exp if clip_exp is not None else 0.0
         return (first, eps, limit, 1 - beta1, beta2, 1.0 if first else 1 - beta2)
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:

@@ -176,7 +176,7 @@ class SGHMC(LangevinSampler):
                   noise_decay=Beta)
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
-        estimate = ()
+        estimate: tuple[Transform, ...] = ()
         noise_estimate = None
         if h.estimate_noise:
             estimate = (first_moment(h.noise_decay, key="grad_avg"), second_moment(h.noise_decay, key="grad_sq_avg"))

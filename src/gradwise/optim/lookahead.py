@@ -67,9 +67,10 @@ class Lookahead(torch.optim.Optimizer):
         for p in self._params():
             if "slow_param" not in self.state[p]:
                 self.state[p]["slow_param"] = p.detach().clone(memory_format=torch.preserve_format)
-        skipped = getattr(self.optimizer, "skipped_steps", None)
+        skipped = _skipped_steps(self.optimizer)
         loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
-        if skipped is not None and self.optimizer.skipped_steps > skipped:
+        skipped_after = _skipped_steps(self.optimizer)
+        if skipped is not None and skipped_after is not None and skipped_after > skipped:
             return loss
         self.steps_since_sync += 1
         if self.steps_since_sync >= self.k:
@@ -115,3 +116,8 @@ class Lookahead(torch.optim.Optimizer):
                 raise ValueError(f"Lookahead state dict: slow weights {i} have shape {tuple(tensor.shape)}, the "
                                  f"parameter {tuple(p.shape)}")
             self.state[p]["slow_param"] = tensor.detach().to(device=p.device, copy=True)
+
+
+def _skipped_steps(optimizer: Any) -> int | None:
+    """The steps `optimizer` skipped so far (a ChainOptimizer counts them), or None if it does not count."""
+    return getattr(optimizer, "skipped_steps", None)

@@ -140,7 +140,7 @@ class SPS(PolyakOptimizer):
     ranges = dict(lr=NonNegative, c=Positive, f_star=Real, eps=NonNegative)
 
     def squared_norm(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> Tensor:
-        return _squared_norm([p.grad for _, params in work for p in params])
+        return _squared_norm([p.grad for _, params in work for p in params if p.grad is not None])  # all have one
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
         return (scaled_step(self.next_step_size()),)
@@ -186,7 +186,9 @@ class ALRSMAG(PolyakOptimizer):
         directions = []
         for group, params in work:
             for p in params:
-                g = -p.grad if group["maximize"] else p.grad
+                grad = p.grad
+                assert grad is not None  # `work` lists the parameters that have a gradient
+                g = -grad if group["maximize"] else grad
                 d = self.state[p].get(_BUFFER) if self.state.get(p) else None
                 directions.append(g if d is None else g.add(d.to(g.dtype), alpha=group["momentum"]))
         return _squared_norm(directions)

@@ -39,7 +39,10 @@ def gaussian_neg_log_prior(params: Iterable[Tensor], std: float = 1.0) -> Tensor
     params = list(params)
     if not params:
         raise ValueError("gaussian_neg_log_prior got no parameters")
-    return sum(p.square().sum() for p in params) / (2.0 * std**2)
+    total = params[0].square().sum()
+    for p in params[1:]:
+        total = total + p.square().sum()
+    return total / (2.0 * std**2)
 
 
 class SampleCollector:
@@ -176,6 +179,7 @@ class SampleCollector:
 
 
 def _named_tensors(params: nn.Module | Mapping[str, Tensor] | Iterable[Tensor]) -> dict[str, Tensor]:
+    named: dict[str, Tensor]
     if isinstance(params, nn.Module):
         named = dict(params.named_parameters())
     elif isinstance(params, Mapping):

@@ -277,7 +277,8 @@ def _dpmpp_2m(run: _Run, x: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
     two-step (midpoint) correction D_2 = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}, r = h_{i-1} / h_i:
     x <- (sigma'/sigma) x + (1 - sigma'/sigma) D_2. First step and the final step to 0 are first order.
     Lu et al., "DPM-Solver++", 2022, arXiv:2211.01095, Algorithm 2. 1 NFE/step."""
-    old, h_last = None, None
+    old: torch.Tensor | None = None
+    h_last: float | None = None
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         denoised = run.denoise(x, s)
         if s_next == 0:
@@ -286,6 +287,7 @@ def _dpmpp_2m(run: _Run, x: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
             h = math.log(s / s_next)
             target = denoised
             if old is not None:
+                assert h_last is not None  # set on the step that set `old`
                 r = h_last / h
                 target = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
             x = (s_next / s) * x + (1 - s_next / s) * target
@@ -401,7 +403,8 @@ def _dpmpp_2m_sde(run: _Run, x: torch.Tensor, sigmas: list[float], *, eta: float
     SDE solver; eta = 0 recovers dpmpp_2m. Lu et al. 2022, arXiv:2211.01095, Appendix (SDE-DPM-Solver++2M).
     1 NFE/step."""
     _NonNegative.check("eta", eta)
-    old, h_last = None, None
+    old: torch.Tensor | None = None
+    h_last: float | None = None
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         denoised = run.denoise(x, s)
         if s_next == 0:
@@ -411,6 +414,7 @@ def _dpmpp_2m_sde(run: _Run, x: torch.Tensor, sigmas: list[float], *, eta: float
             decay = -math.expm1(-(1 + eta) * h)
             x = (s_next / s) * math.exp(-eta * h) * x + decay * denoised
             if old is not None:
+                assert h_last is not None  # set on the step that set `old`
                 x = x + (0.5 * decay * h / h_last) * (denoised - old)
             if eta > 0:
                 x = x + s_next * math.sqrt(-math.expm1(-2 * eta * h)) * run.noise()
@@ -520,7 +524,10 @@ def _heavy_ball(run: _Run, x: torch.Tensor, sigmas: list[float], *, beta: float 
     Interval(0.0, 1.0, low_closed=False).check("beta", beta)
     _check_choice("base", base, ("plms", "dpmpp_2m"))
     _check_int("order", order, 1, 4)
-    velocity, history, old, h_last = None, [], None, None
+    velocity: torch.Tensor | None = None
+    history: list[torch.Tensor] = []
+    old: torch.Tensor | None = None
+    h_last: float | None = None
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         denoised = run.denoise(x, s)
         if base == "plms":
@@ -535,6 +542,7 @@ def _heavy_ball(run: _Run, x: torch.Tensor, sigmas: list[float], *, beta: float 
             if old is None:
                 x = (s_next / s) * x + (1 - s_next / s) * denoised
             else:
+                assert h_last is not None  # set on the step that set `old`
                 direction = denoised + (h / h_last) * 0.5 * (denoised - old)
                 velocity = direction if velocity is None else (1 - beta) * velocity + beta * direction
                 x = (s_next / s) * x + (1 - s_next / s) * velocity
@@ -553,7 +561,8 @@ def _ghvb(run: _Run, x: torch.Tensor, sigmas: list[float], *, beta: float = 0.8,
     order=2, beta=0.8 (its default here). 1 NFE/step."""
     Interval(0.0, 1.0, low_closed=False).check("beta", beta)
     _check_int("order", order, 1, 4)
-    velocity, history = None, []
+    velocity: torch.Tensor | None = None
+    history: list[torch.Tensor] = []
     for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
         e = (x - run.denoise(x, s)) / s
         velocity = e if velocity is None else (1 - beta) * velocity + beta * e

@@ -127,13 +127,13 @@ def _close() -> Transform:
 
 def _on_copy(transform: Transform) -> Transform:
     """The transform run on the float32 copy of a bfloat16 parameter (the parameter itself otherwise)."""
-    if transform.kernel is not None:
-        inner_kernel = transform.kernel
+    if transform.kernel is not None and transform.coefficients is not None:
+        inner_kernel, coefficients = transform.kernel, transform.coefficients
 
         def kernel(u: Tensor, p: Tensor, s: State, c: tuple) -> Tensor:
             return inner_kernel(u, s.get(PARAMETER, p), s, c)
 
-        return kernel_transform(kernel, transform.coefficients, transform.init, writes=transform.writes)
+        return kernel_transform(kernel, coefficients, transform.init, writes=transform.writes)
     inner_update = transform.update
 
     def update(u: Tensor, p: Tensor, s: State, t: float) -> Tensor:

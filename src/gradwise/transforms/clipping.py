@@ -68,7 +68,7 @@ def _clip_component(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
 def _prepare(optimizer: Any, work: Work) -> Tensor | None:
     if all(group.get("clip_grad_norm") is None for group, params in work if params):
         return None
-    grads = [p.grad for _, params in work for p in params]
+    grads = [p.grad for _, params in work for p in params if p.grad is not None]  # all have one
     if not grads:
         return None
     return global_grad_norm(grads)
