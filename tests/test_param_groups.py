@@ -170,3 +170,58 @@ def test_errors_name_the_argument():
         gw.lr_multipliers(model, [("head.*", 2.0)], lr=1.0)
     with pytest.raises(TypeError, match="lr must be a real number"):
         gw.lr_multipliers(model, {}, lr="1e-3")
+
+
+def settings_of(opt, model):
+    """{parameter name: (lr, weight_decay, state_bits)} of an optimizer built by create."""
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    return {by_id[id(p)]: (g["lr"], g["weight_decay"], g["state_bits"]) for g in opt.param_groups for p in g["params"]}
+
+
+def test_create_layer_decay_builds_the_layerwise_groups_with_the_weight_decay_split():
+    model = TinyViT(depth=3)
+    opt = gw.create("adamw", model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    got = settings_of(opt, model)
+    expected = lr_and_wd(gw.layerwise_lr_decay(model, lr=1.0, decay=0.5, weight_decay=0.05), model)
+    assert {name: (lr, wd) for name, (lr, wd, _) in got.items()} == expected
+    assert got["head.bias"][:2] == (1.0, 0.0) and got["embed.weight"][:2] == (0.0625, 0.05)
+    plain = settings_of(gw.create("adamw", model, lr=1.0, weight_decay=0.05), model)
+    assert all(wd == plain[name][1] for name, (_, wd, _) in got.items())  # the same split as without layer_decay
+
+
+def test_create_layer_decay_combines_with_state_bits_exclude_and_keeps_the_default_lr():
+    model = TinyViT(depth=2)
+    opt = gw.create("adamw", model, weight_decay=0.1, layer_decay=0.75, state_bits=8, state_bits_exclude="embed.*")
+    got = settings_of(opt, model)
+    lr = gw.AdamW.defaults["lr"]
+    assert got["embed.weight"] == (pytest.approx(lr * 0.75**3), 0.1, 32)
+    assert got["embed.bias"] == (pytest.approx(lr * 0.75**3), 0.0, 32)
+    assert got["pos"] == (pytest.approx(lr * 0.75**3), 0.1, 8)  # same depth as the embedding, 8-bit state
+    assert got["blocks.1.linear1.weight"] == (pytest.approx(lr * 0.75), 0.1, 8)
+    assert got["head.weight"] == (lr, 0.1, 8)
+    assert all(len(g["params"]) > 0 for g in opt.param_groups)
+
+
+def test_create_layer_decay_of_one_without_weight_decay_is_the_plain_optimizer():
+    torch.manual_seed(0)
+    model = TinyViT(depth=1)
+    twin = TinyViT(depth=1)
+    twin.load_state_dict(model.state_dict())
+    opts = [gw.create("sgd", m, lr=0.1, **extra) for m, extra in ((model, {"layer_decay": 1.0}), (twin, {}))]
+    assert {g["lr"] for g in opts[0].param_groups} == {0.1}
+    assert all("weight_decay" not in g or g["weight_decay"] == 0.0 for g in opts[0].param_groups)
+    x = torch.randn(2, 5, 4)
+    for m, opt in zip((model, twin), opts, strict=True):
+        m(x).square().sum().backward()
+        opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_create_layer_decay_errors_name_the_argument():
+    model = TinyViT(depth=1)
+    for bad in (0.0, 1.5, -0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"layer_decay.*\(0, 1\]"):
+            gw.create("adamw", model, lr=1e-3, layer_decay=bad)
+    with pytest.raises(TypeError, match="layer_decay needs the model"):
+        gw.create("adamw", list(model.parameters()), lr=1e-3, layer_decay=0.75)

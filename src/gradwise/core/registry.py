@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.optimizer import required
 
 from .engine import unknown_argument_message
+from .validation import Interval
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ def create(
     model_or_params: nn.Module | Iterable[Any],
     *,
     state_bits_exclude: StateBitsExclude | None = None,
+    layer_decay: float | None = None,
     **hyper: Any,
 ) -> torch.optim.Optimizer:
     """Build the optimizer registered as `name`.
@@ -205,6 +208,14 @@ def create(
 
         opt = gw.create("adamw", model, lr=1e-3, weight_decay=0.1, state_bits=8,
                         state_bits_exclude=torch.nn.Embedding)       # or "embed.*", or a list of rules
+
+    `layer_decay` (a model only, in (0, 1]) gives each parameter the learning rate `lr * layer_decay ** depth`,
+    depth counted from the output end (head 0, last block 1, ..., embeddings L + 1): the groups of
+    `gradwise.layerwise_lr_decay(model, lr, layer_decay)`, with the stack of blocks found as it finds it (call
+    that function with `blocks=` for a model where it guesses wrong). The weight-decay split and
+    `state_bits_exclude` apply within each learning rate:
+
+        opt = gw.create("adamw", vit, lr=1e-3, weight_decay=0.05, layer_decay=0.75)
     """
     e = entry(name)
     accepted = [k for k in _signature_names(e.cls) if k != "params"]
@@ -212,10 +223,19 @@ def create(
         if key not in accepted:
             raise TypeError(unknown_argument_message(f"{e.cls.__name__} ({name!r})", key, accepted))
     kwargs = {**e.preset, **hyper}
+    if layer_decay is not None and not isinstance(model_or_params, nn.Module):
+        raise TypeError(
+            "layer_decay needs the model (an nn.Module) to find its layers; got "
+            f"{type(model_or_params).__name__}. With parameters or param groups, build the groups with "
+            "gradwise.layerwise_lr_decay(model, lr, decay) instead"
+        )
+    params: Any
     if isinstance(model_or_params, nn.Module):
         wd = kwargs.get("weight_decay", _default_of(e.cls, "weight_decay"))
-        if wd or state_bits_exclude is not None:
-            params: Any = parameter_groups(
+        if layer_decay is not None:
+            params = _layer_decay_groups(e, model_or_params, kwargs, layer_decay, wd, state_bits_exclude)
+        elif wd or state_bits_exclude is not None:
+            params = parameter_groups(
                 model_or_params, wd, no_decay if wd else None, state_bits_exclude=state_bits_exclude
             )
         else:
@@ -229,6 +249,43 @@ def create(
     else:
         params = model_or_params
     return e.cls(params, **kwargs)
+
+
+def _layer_decay_groups(
+    e: Entry,
+    model: nn.Module,
+    kwargs: dict[str, Any],
+    layer_decay: float,
+    weight_decay: Any,
+    state_bits_exclude: StateBitsExclude | None,
+) -> list[dict[str, Any]]:
+    """`create(..., layer_decay=)`: the groups of `layerwise_lr_decay`, each split again by `state_bits_exclude`."""
+    from ..param_groups import layerwise_lr_decay  # param_groups builds on this module
+
+    Interval(0.0, 1.0, low_closed=False).check("layer_decay", layer_decay)
+    lr = kwargs.get("lr", _default_of(e.cls, "lr"))
+    if lr is None or lr is inspect.Parameter.empty or lr is required:
+        raise TypeError(f"layer_decay scales the learning rate: {e.cls.__name__} ({e.name!r}) needs lr=...")
+    groups = layerwise_lr_decay(model, lr, layer_decay, weight_decay=weight_decay if weight_decay else None)
+    if not weight_decay:  # no decay asked for: the split keeps its learning rates but sets no weight_decay
+        groups = [{k: v for k, v in group.items() if k != "weight_decay"} for group in groups]
+    if state_bits_exclude is None:
+        return groups
+    matches = _state_bits_matcher(model, state_bits_exclude)
+    full = {
+        id(p)
+        for prefix, module in model.named_modules()
+        for name, p in module.named_parameters(recurse=False)
+        if matches(module, f"{prefix}.{name}" if prefix else name, name, p)
+    }
+    split = []
+    for group in groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        for keep_full in (False, True):
+            members = [p for p in group["params"] if (id(p) in full) == keep_full]
+            if members:
+                split.append({**settings, "params": members, **(FULL_STATE if keep_full else {})})
+    return split
 
 
 def _signature_names(cls: type) -> list[str]:
