@@ -3,10 +3,9 @@ written here from the paper, or torch.optim where torch has it), per step in flo
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from cautious_reference import ReferenceCAdamW, cautious_scale
 from oracle_problem import trajectory, worst_difference
 
 import gradwise as gw
@@ -50,33 +49,6 @@ def test_variant_equals_its_base_class_with_the_flag(name):
     assert moved > 1e-3
     plain, _ = trajectory(lambda ps: base(ps, lr=lr), STEPS)
     assert worst_difference(ours, plain) > 1e-6  # the flag does change the trajectory
-
-
-def cautious_scale(direction, g):
-    mask = (direction * g > 0).to(g.dtype)
-    return mask * (mask.numel() / (mask.sum() + 1))
-
-
-class ReferenceCAdamW:
-    """The paper's C-AdamW (Algorithm 1 with AdamW's update): decay, moments, then the masked step."""
-
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        self.params, self.lr, self.betas, self.eps, self.wd = list(params), lr, betas, eps, weight_decay
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = 0
-
-    @torch.no_grad()
-    def step(self):
-        self.t += 1
-        b1, b2 = self.betas
-        for p, m, v in zip(self.params, self.m, self.v, strict=True):
-            g = p.grad
-            p.mul_(1 - self.lr * self.wd)
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            direction = (m / (1 - b1**self.t)) / (v.sqrt() / math.sqrt(1 - b2**self.t) + self.eps)
-            p.sub_(self.lr * direction * cautious_scale(direction, g))
 
 
 class ReferenceCLion:

@@ -1,8 +1,9 @@
-"""The cautious option against C-AdamW written here from the authors' code (Liang et al., 2024): AdamW whose
-step m_hat / (sqrt(v_hat) + eps) is multiplied by phi numel / (sum(phi) + 1), phi = 1[m g > 0], with the
-weight decay unmasked. Weight decay and eps placement follow torch.optim.AdamW, which gradwise.AdamW equals."""
+"""The cautious option against C-AdamW written from the paper (Liang et al., 2024): AdamW whose step
+m_hat / (sqrt(v_hat) + eps) is multiplied by phi numel / (sum(phi) + 1), phi = 1[m g > 0], with the weight
+decay unmasked. The reference is shared with gradwise.CAdamW's test: tests/optim/cautious_reference.py."""
 
-import math
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,17 @@ import torch
 import gradwise as gw
 
 STEPS = 40
+
+
+def _load_shared(name):
+    """A helper module of tests/optim, loaded from its file (the test folders are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "optim" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ReferenceCAdamW = _load_shared("cautious_reference").ReferenceCAdamW
 
 
 def net():
@@ -22,35 +34,6 @@ def backward(model, i):
     x, y = torch.randn(12, 5, generator=g, dtype=torch.float64), torch.randn(12, 2, generator=g, dtype=torch.float64)
     model.zero_grad()
     torch.nn.functional.mse_loss(model(x), y).backward()
-
-
-class ReferenceCAdamW:
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, mode=True):
-        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
-        self.wd, self.mode = weight_decay, mode
-        self.m = [torch.zeros_like(p) for p in self.params]
-        self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = 0
-        self.masked_out = 0
-
-    @torch.no_grad()
-    def step(self):
-        self.t += 1
-        b1, b2 = self.betas
-        for p, m, v in zip(self.params, self.m, self.v, strict=True):
-            g = p.grad
-            p.mul_(1 - self.lr * self.wd)
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = v.sqrt() / math.sqrt(1 - b2**self.t) + self.eps
-            direction = m / denom
-            mask = (direction * g > 0).to(g.dtype)
-            self.masked_out += int((mask == 0).sum())
-            if self.mode == "mean":
-                mask = mask / mask.mean().clamp(min=1e-3)
-            else:
-                mask = mask * (mask.numel() / (mask.sum() + 1))
-            p.add_(direction * mask, alpha=-self.lr / (1 - b1**self.t))
 
 
 @pytest.mark.parametrize("mode", [True, "mean"])
