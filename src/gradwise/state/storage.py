@@ -109,13 +109,13 @@ class FloatStorage:
     def read(self, p: Tensor, key: str, value: object) -> object:
         """The working form of one stored value: `working_dtype`."""
         dtype = working_dtype(p, self.float32_for_bfloat16)
-        if _convertible(p, key, value) and value.dtype != dtype:  # type: ignore[union-attr]
-            return value.to(dtype)  # type: ignore[union-attr]
+        if isinstance(value, Tensor) and _convertible(p, key, value) and value.dtype != dtype:
+            return value.to(dtype)
         return value
 
     def write(self, p: Tensor, key: str, value: object) -> object:
         """The stored form of one working value: `dtype`."""
-        return value.to(self.dtype) if _convertible(p, key, value) else value  # type: ignore[union-attr]
+        return value.to(self.dtype) if isinstance(value, Tensor) and _convertible(p, key, value) else value
 
     def init(self, p: Tensor, state: State) -> None:
         self.close(p, state, dict(state))
@@ -145,7 +145,7 @@ class QuantizedStorage:
         self.close(p, state, dict(state))
 
     def open(self, p: Tensor, state: State) -> State:
-        work = {}
+        work: State = {}
         for key, value in state.items():
             if key.endswith(ABSMAX) and is_quantized(state, key[: -len(ABSMAX)]):
                 continue

@@ -1,0 +1,258 @@
+"""The compiled step of 8-bit state (`state_bits=8`) over flat buffers: one call per bucket, as the 32-bit flat path.
+
+Eligible: a group whose storage is `gradwise.state.QuantizedStorage`, whose transforms are all elementwise, and
+whose float32 parameters (of one device) with at least `state_min_size` elements share one step count and keep
+every state tensor but "step" in the 8-bit form (uint8 codes shaped like the parameter plus one float32 scale
+per block). Those parameters form the bucket; the rest (small tensors, other dtypes, state just loaded from a
+32-bit checkpoint, which the eager rule uses unrounded for one step) return to the per-parameter path.
+
+Layout: each parameter starts at a block boundary of one flat buffer and is padded with zeros to a whole
+number of blocks, so that its blocks are rows of the bucket's (blocks, block) matrix. The parameters, their
+gradients, the codes of each state key and the block scales of each key become views of flat buffers
+(`p.data`, `p.grad`, `state[p][key]`, `state[p][key + "_absmax"]` are re-pointed; `state_dict` is unchanged:
+one tensor per parameter in the stored form). One compiled function dequantizes every key, runs the chain's
+kernels, and quantizes again with `gradwise.state.quantize.quantize_rows`, the arithmetic of the eager
+storage. The padding holds the code of 0; whatever the kernels write into it (AdaBelief adds eps to its
+variance) is zeroed before the block maxima are taken, exactly as eager quantization pads with zeros, so the
+codes and scales are those of the eager 8-bit step.
+
+Every step checks that the views are still in place (identity and data pointer), and gathers the buffers
+again when they are not (after `load_state_dict`, `model.to`, a change of the parameters with a gradient),
+as `gradwise.core.compiled.FlatLayout` does for 32-bit state.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .compiled import Unsupported, _fresh, coefficient_pattern, coefficient_slots, fill
+
+__all__ = ["QuantizedLayout", "run_quantized"]
+
+_names = itertools.count()
+_grad_of = operator.attrgetter("grad")
+
+
+def _storage() -> Any:
+    """gradwise.state.storage (imported on use: it builds on core, which must not import it while loading)."""
+    return importlib.import_module("gradwise.state.storage")
+
+
+def _quantize() -> Any:
+    """gradwise.state.quantize, imported on use as `_storage`."""
+    return importlib.import_module("gradwise.state.quantize")
+
+
+class QuantizedLayout:
+    """One bucket's parameters, gradients, codes and block scales as views of flat buffers."""
+
+    def __init__(self, members: list[Tensor], states: list[dict], keys: tuple[tuple[str, bool], ...], block: int,
+                 t: float) -> None:
+        absmax_suffix = _storage().ABSMAX
+        p0 = members[0]
+        device = p0.device
+        sizes = [p.numel() for p in members]
+        offsets, total = [], 0
+        for n in sizes:
+            offsets.append(total)
+            total += -(-n // block) * block
+        blocks = total // block
+        self.members = members
+        self.states = states
+        self.keys = keys
+        self.block = block
+        self.t = t
+        self.param = torch.zeros(total, dtype=p0.dtype, device=device)
+        self.grad = torch.zeros(total, dtype=p0.dtype, device=device)
+        self.param.grad = self.grad  # for kernels that read p.grad, as they may in eager
+        self.codes = {k: torch.full((total,), _zero_code(signed), dtype=torch.uint8, device=device)
+                      for k, signed in keys}
+        self.absmax = {k: torch.zeros(blocks, dtype=torch.float32, device=device) for k, _ in keys}
+        valid = torch.full((blocks,), block, dtype=torch.int32)
+        self.steps = torch.full((len(members),), t, dtype=torch.float32)
+        self.grads: list[Tensor] = []
+        self.views: dict[str, list[Tensor]] = {"step": []}
+        for k, _ in keys:
+            self.views[k], self.views[k + absmax_suffix] = [], []
+        for i, (p, st, off, n) in enumerate(zip(members, states, offsets, sizes, strict=True)):
+            first, count = off // block, -(-n // block)
+            valid[first + count - 1] = n - (count - 1) * block
+            view = self.param[off : off + n].view(p.shape)
+            view.copy_(p.detach())
+            p.data = view
+            g = self.grad[off : off + n].view(p.shape)
+            g.copy_(p.grad)  # type: ignore[arg-type]  # members have a gradient
+            p.grad = g
+            self.grads.append(g)
+            for k, _ in keys:
+                codes = self.codes[k][off : off + n].view(p.shape)
+                codes.copy_(st[k])
+                scales = self.absmax[k][first : first + count]
+                scales.copy_(st[k + absmax_suffix])
+                st[k], st[k + absmax_suffix] = codes, scales
+                self.views[k].append(codes)
+                self.views[k + absmax_suffix].append(scales)
+            st["step"] = self.steps[i]
+            self.views["step"].append(st["step"])
+        self.valid = valid.to(device)
+        self.ptrs = [p.data_ptr() for p in members]
+
+    @staticmethod
+    def eligible(members: list[Tensor], states: list[dict], block: int) -> tuple[tuple, float] | None:
+        """(the quantized keys with their signedness, the common step count) if the bucket can be laid out
+        flat, else None."""
+        storage = _storage()
+        keys = set(states[0])
+        coded = sorted(k for k in keys if k != "step" and not k.endswith(storage.ABSMAX))
+        if not coded or keys != {"step", *coded, *(k + storage.ABSMAX for k in coded)}:
+            return None
+        steps = set()
+        for p, st in zip(members, states, strict=True):
+            if p.dtype != torch.float32 or not p.is_contiguous() or set(st) != keys:
+                return None
+            step = st["step"]
+            if not isinstance(step, Tensor) or step.numel() != 1:
+                return None
+            steps.add(float(step))
+            for k in coded:
+                codes, scales = st[k], st[k + storage.ABSMAX]
+                if not (isinstance(codes, Tensor) and codes.dtype == torch.uint8 and codes.shape == p.shape
+                        and codes.device == p.device and isinstance(scales, Tensor)
+                        and scales.dtype == torch.float32 and scales.dim() == 1
+                        and scales.numel() == -(-p.numel() // block) and scales.device == p.device):
+                    return None
+        if len(steps) != 1:
+            return None
+        return tuple((k, k not in storage.NON_NEGATIVE) for k in coded), steps.pop()
+
+    def matches(self, members: list[Tensor], state: dict) -> bool:
+        """Whether `members` are this layout's parameters, still views of its buffers, with its state."""
+        return (
+            len(members) == len(self.members)
+            and all(map(operator.is_, members, self.members))
+            and list(map(Tensor.data_ptr, members)) == self.ptrs
+            and all(map(operator.is_, map(state.get, members), self.states))
+            and all(
+                all(map(operator.is_, map(dict.get, self.states, itertools.repeat(k)), views))
+                for k, views in self.views.items()
+            )
+        )
+
+    def attach_grads(self) -> None:
+        """Make each p.grad the view of the flat gradient buffer, copying the gradients that are not."""
+        if all(map(operator.is_, map(_grad_of, self.members), self.grads)):
+            return
+        pairs = [(p, view) for p, view in zip(self.members, self.grads, strict=True) if p.grad is not view]
+        torch._foreach_copy_([view for _, view in pairs], [p.grad for p, _ in pairs])  # type: ignore[misc]
+        for p, view in pairs:
+            p.grad = view
+
+
+def _zero_code(signed: bool) -> int:
+    """The index of the code 0 in the dynamic map: the middle of the signed map, the first of the unsigned."""
+    return 127 if signed else 0
+
+
+def _quantized_chain(kernels: tuple[Callable, ...], maximize: bool, keys: tuple[tuple[str, bool], ...],
+                     block: int) -> Callable:
+    quantize = _quantize()
+
+    def run_chain_quantized(g: Tensor, p: Tensor, codes: dict, absmax: dict, valid: Tensor, cs: tuple) -> None:
+        s = {k: quantize.dequantize_rows(codes[k].view(-1, block), absmax[k], signed).view(-1) for k, signed in keys}
+        u = -g if maximize else g
+        for i, kernel in enumerate(kernels):
+            u = kernel(u, p, s, cs[i])
+        if set(s) != {k for k, _ in keys}:
+            raise Unsupported("a kernel added a state tensor")
+        inside = torch.arange(block, device=g.device) < valid[:, None]  # the padding of each parameter reads 0
+        for k, signed in keys:
+            rows = torch.where(inside, s[k].view(-1, block), 0.0)
+            new_codes, new_absmax = quantize.quantize_rows(rows, signed)
+            codes[k].copy_(new_codes.view(-1))
+            absmax[k].copy_(new_absmax)
+
+    return run_chain_quantized
+
+
+class _Quantized:
+    """What one CompiledStep keeps for this path: layouts per (group, bucket), compiled functions, slots."""
+
+    def __init__(self) -> None:
+        self.layouts: dict[tuple, QuantizedLayout] = {}
+        self.functions: dict[tuple, Callable | None] = {}
+        self.slots: dict[tuple, list] = {}
+
+
+def _holder(step: Any) -> _Quantized:
+    holder = getattr(step, "_gradwise_quantized", None)
+    if holder is None:
+        holder = step._gradwise_quantized = _Quantized()
+    return holder
+
+
+def run_quantized(step: Any, gi: int, key: tuple, members: list[Tensor], chain: tuple, signature: tuple,
+                  storage: Any) -> list[Tensor]:
+    """Update the bucket's eligible 8-bit parameters in one compiled call; return the members left for the
+    per-parameter path (all of them when the bucket is not eligible or compiling failed)."""
+    quantized_storage = _storage().QuantizedStorage
+    if type(storage) is not quantized_storage or key[0] != torch.float32 or not chain:
+        return members
+    if not all(tr.elementwise and tr.kernel is not None for tr in chain):
+        return members
+    big = [p for p in members if p.numel() >= storage.min_size and p.numel() > 0]
+    if not big:
+        return members
+    rest = [p for p in members if p.numel() < storage.min_size or p.numel() == 0]
+    holder = _holder(step)
+    optimizer = step.optimizer
+    state = optimizer.state
+    layout = holder.layouts.get((gi, key))
+    if layout is not None and layout.block == storage.block and layout.matches(big, state):
+        layout.attach_grads()
+    else:
+        holder.layouts.pop((gi, key), None)
+        states = []
+        for p in big:
+            st = state[p]
+            if "step" not in st:
+                optimizer._init_state(p, st, chain)
+                storage.init(p, st)
+            states.append(st)
+        found = QuantizedLayout.eligible(big, states, storage.block)
+        if found is None:
+            return members
+        layout = QuantizedLayout(big, states, found[0], storage.block, found[1])
+        holder.layouts[(gi, key)] = layout
+    try:
+        values = [tr.coefficients(layout.t + 1) for tr in chain]
+        pattern = coefficient_pattern(values)
+    except Unsupported:
+        return members
+    fkey = (gi, key, signature, pattern, layout.keys, layout.block)
+    if fkey not in holder.functions:
+        made = _quantized_chain(tuple(tr.kernel for tr in chain), signature[0], layout.keys, layout.block)
+        fresh = _fresh(made, f"gradwise_8bit_{key[1].type}_group{gi}_{next(_names)}")
+        holder.functions[fkey] = torch.compile(fresh, backend=step.backend, fullgraph=True)
+    fn = holder.functions[fkey]
+    if fn is None:
+        return members
+    slots = holder.slots.get(fkey)
+    if slots is None:
+        slots = holder.slots[fkey] = coefficient_slots(pattern, *key)
+    try:
+        fn(layout.grad, layout.param, layout.codes, layout.absmax, layout.valid, fill(slots, values))
+    except Exception as error:  # tracing or compiling failed: nothing was written yet
+        holder.functions[fkey] = None
+        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        step._warn(gi, f"the flat 8-bit path failed to compile ({type(error).__name__}: {first_line})")
+        return members
+    layout.steps.add_(1)
+    layout.t += 1
+    return rest
