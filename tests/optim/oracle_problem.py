@@ -21,25 +21,26 @@ def make_problem(seed: int = 0, dtype: torch.dtype = DT, rows: int = 48, feature
         0.6 * torch.randn(hidden, 1, generator=g, dtype=dtype),
     ]
 
-    def loss_fn(params):
+    def loss_fn(params, step=0):  # the same loss at every step
         w1, b1, w2 = params
         return ((torch.tanh(x @ w1 + b1) @ w2 - y) ** 2).mean()
 
     return init, loss_fn
 
 
-def trajectory(make_opt, steps: int = 50, seed: int = 0, schedule=None, **shape):
+def trajectory(make_opt, steps: int = 50, seed: int = 0, schedule=None, problem=make_problem, **shape):
     """Every parameter after each of `steps` steps, and the starting point; `schedule(opt)` makes an lr
-    scheduler stepped after each step; `shape` goes to `make_problem`."""
-    init, loss_fn = make_problem(seed, **shape)
+    scheduler stepped after each step. `problem(seed, **shape)` gives the starting point and the loss
+    `loss_fn(params, step)` (which may change with the step); the default is `make_problem`."""
+    init, loss_fn = problem(seed, **shape)
     params = [torch.nn.Parameter(w.clone()) for w in init]
     opt = make_opt(params)
     scheduler = schedule(opt) if schedule else None
     out = []
-    for _ in range(steps):
+    for step in range(steps):
         for p in params:
             p.grad = None
-        loss_fn(params).backward()
+        loss_fn(params, step).backward()
         opt.step()
         if scheduler is not None:
             scheduler.step()

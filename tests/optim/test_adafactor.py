@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from oracle_problem import trajectory, worst_relative_difference
 
 import gradwise as gw
 from gradwise.optim.adafactor import Adafactor
@@ -13,9 +14,12 @@ from gradwise.transforms.factored import clip_by_rms, factored_second_moment, re
 
 DT = torch.float64
 SHAPES = [(6, 5), (7,), (3, 4, 5), (), (1, 4)]
+STEPS = 40
 
 
 def make_problem(seed=0, dtype=DT):
+    """Every SHAPES case with its own target (oracle_problem.trajectory's `problem`): Adafactor's factoring
+    depends on the shape, which the shared tanh network does not vary."""
     g = torch.Generator().manual_seed(seed)
     init = [torch.randn(s, generator=g, dtype=dtype) for s in SHAPES]
     targets = [torch.randn(s, generator=g, dtype=dtype) for s in SHAPES]
@@ -31,28 +35,6 @@ def make_problem(seed=0, dtype=DT):
     return init, loss_fn
 
 
-def trajectory(make_opt, steps=40, seed=0):
-    init, loss_fn = make_problem(seed)
-    params = [torch.nn.Parameter(w.clone()) for w in init]
-    opt = make_opt(params)
-    out = []
-    for step in range(steps):
-        for p in params:
-            p.grad = None
-        loss_fn(params, step).backward()
-        opt.step()
-        out.append([p.detach().clone() for p in params])
-    return out, init
-
-
-def worst_relative_difference(ours, theirs):
-    worst = 0.0
-    for a_step, b_step in zip(ours, theirs, strict=True):
-        for a, b in zip(a_step, b_step, strict=True):
-            worst = max(worst, float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()))
-    return worst
-
-
 CASES = {
     "defaults": dict(),
     "large_lr_weight_decay": dict(lr=0.05, weight_decay=0.1),
@@ -64,8 +46,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_trajectory_matches_torch_every_step(case):
     hyper = CASES[case]
-    ours, init = trajectory(lambda ps: Adafactor(ps, **hyper))
-    theirs, _ = trajectory(lambda ps: torch.optim.Adafactor(ps, **hyper))
+    ours, init = trajectory(lambda ps: Adafactor(ps, **hyper), STEPS, problem=make_problem)
+    theirs, _ = trajectory(lambda ps: torch.optim.Adafactor(ps, **hyper), STEPS, problem=make_problem)
     assert worst_relative_difference(ours, theirs) < 1e-10
     for a, b in zip(theirs[-1], init, strict=True):  # every shape moves well beyond the tolerance
         assert float((a - b).abs().max()) > 1e-3
@@ -110,8 +92,8 @@ def test_clipping_and_relative_step_transforms():
 
 
 def test_update_clipping_is_active_with_torchs_threshold():
-    clipped, _ = trajectory(lambda ps: Adafactor(ps), 20)
-    free, _ = trajectory(lambda ps: Adafactor(ps, d=1e6), 20)
+    clipped, _ = trajectory(lambda ps: Adafactor(ps), 20, problem=make_problem)
+    free, _ = trajectory(lambda ps: Adafactor(ps, d=1e6), 20, problem=make_problem)
     assert worst_relative_difference(clipped, free) > 1e-3
 
 

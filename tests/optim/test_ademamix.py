@@ -8,11 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from oracle_problem import make_problem, trajectory, worst_relative_difference
 
 import gradwise as gw
 from gradwise.optim.ademamix import AdEMAMix, alpha_schedule, beta3_schedule
 
 DT = torch.float64
+STEPS = 40
 
 
 class ReferenceAdEMAMix:
@@ -66,42 +68,6 @@ class ReferenceAdEMAMix:
                 p.copy_(p - self.lr * (direction + self.wd * p))
 
 
-def make_problem(seed=0, dtype=DT):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(40, 4, generator=g, dtype=dtype)
-    y = torch.sin(2 * x[:, :1]) + 0.3 * x[:, 1:2] * x[:, 2:3]
-    init = [0.6 * torch.randn(4, 10, generator=g, dtype=dtype), 0.1 * torch.randn(10, generator=g, dtype=dtype),
-            0.6 * torch.randn(10, 1, generator=g, dtype=dtype)]
-
-    def loss_fn(params):
-        w1, b1, w2 = params
-        return ((torch.tanh(x @ w1 + b1) @ w2 - y) ** 2).mean()
-
-    return init, loss_fn
-
-
-def trajectory(make_opt, steps=40, seed=0):
-    init, loss_fn = make_problem(seed)
-    params = [torch.nn.Parameter(w.clone()) for w in init]
-    opt = make_opt(params)
-    out = []
-    for _ in range(steps):
-        for p in params:
-            p.grad = None
-        loss_fn(params).backward()
-        opt.step()
-        out.append([p.detach().clone() for p in params])
-    return out, init
-
-
-def worst_relative_difference(ours, theirs):
-    worst = 0.0
-    for a_step, b_step in zip(ours, theirs, strict=True):
-        for a, b in zip(a_step, b_step, strict=True):
-            worst = max(worst, float(((a - b).abs() / b.abs().clamp_min(1e-12)).max()))
-    return worst
-
-
 BASE = dict(lr=1e-2, betas=(0.9, 0.999, 0.9999), alpha=5.0, beta3_warmup=None, alpha_warmup=None, eps=1e-8,
             weight_decay=0.0)
 CASES = {
@@ -116,8 +82,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_trajectory_matches_the_papers_algorithm_every_step(case):
     hyper = CASES[case]
-    ours, init = trajectory(lambda ps: AdEMAMix(ps, **hyper))
-    theirs, _ = trajectory(lambda ps: ReferenceAdEMAMix(ps, **hyper))
+    ours, init = trajectory(lambda ps: AdEMAMix(ps, **hyper), STEPS)
+    theirs, _ = trajectory(lambda ps: ReferenceAdEMAMix(ps, **hyper), STEPS)
     assert worst_relative_difference(ours, theirs) < 1e-9
     moved = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(theirs[-1], init, strict=True))
     assert moved > 0.05
@@ -130,8 +96,8 @@ def test_trajectory_matches_the_papers_algorithm_every_step(case):
 )
 def test_oracle_comparison_detects_a_wrong_convention(case, mutation):
     hyper = CASES[case]
-    ours, _ = trajectory(lambda ps: AdEMAMix(ps, **hyper))
-    wrong, _ = trajectory(lambda ps: ReferenceAdEMAMix(ps, **hyper, **mutation))
+    ours, _ = trajectory(lambda ps: AdEMAMix(ps, **hyper), STEPS)
+    wrong, _ = trajectory(lambda ps: ReferenceAdEMAMix(ps, **hyper, **mutation), STEPS)
     assert worst_relative_difference(ours, wrong) > 1e-6
 
 

@@ -1,38 +1,18 @@
-"""Lion against a plain reference written from the paper's Algorithm 2 (Chen et al., 2023)."""
+"""Lion against a plain reference written from the paper's Algorithm 2 (Chen et al., 2023), kept in
+oracle_references.py (C-Lion's test uses it too)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from oracle_problem import trajectory, worst_difference
+from oracle_references import ReferenceLion
 
 import gradwise as gw
 from gradwise.optim.lion import Lion
 from gradwise.transforms.sign import sign_momentum
 
 DT = torch.float64
-
-
-class ReferenceLion:
-    """Algorithm 2 of the paper, one line per formula: decay, interpolate, sign step, then the momentum."""
-
-    def __init__(self, params, lr, betas, weight_decay, update_momentum_first=False):
-        self.params, self.lr, self.betas, self.wd = list(params), lr, betas, weight_decay
-        self.update_momentum_first = update_momentum_first  # a wrong order, to show the test notices
-        self.m = [torch.zeros_like(p) for p in self.params]
-
-    @torch.no_grad()
-    def step(self):
-        b1, b2 = self.betas
-        for i, p in enumerate(self.params):
-            g = p.grad
-            if self.update_momentum_first:
-                self.m[i] = b2 * self.m[i] + (1 - b2) * g
-            c = b1 * self.m[i] + (1 - b1) * g
-            p.copy_(p * (1 - self.lr * self.wd))
-            p.copy_(p - self.lr * torch.sign(c))
-            if not self.update_momentum_first:
-                self.m[i] = b2 * self.m[i] + (1 - b2) * g
 
 
 CASES = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cautious_reference import ReferenceCAdamW, cautious_scale
 from oracle_problem import trajectory, worst_difference
+from oracle_references import ReferenceCAdamW, ReferenceLion
 
 import gradwise as gw
 from gradwise.optim.variants import (
@@ -51,24 +51,6 @@ def test_variant_equals_its_base_class_with_the_flag(name):
     assert worst_difference(ours, plain) > 1e-6  # the flag does change the trajectory
 
 
-class ReferenceCLion:
-    """Lion's Algorithm 2 with the cautious mask on the sign step."""
-
-    def __init__(self, params, lr, betas=(0.9, 0.99), weight_decay=0.0):
-        self.params, self.lr, self.betas, self.wd = list(params), lr, betas, weight_decay
-        self.m = [torch.zeros_like(p) for p in self.params]
-
-    @torch.no_grad()
-    def step(self):
-        b1, b2 = self.betas
-        for i, p in enumerate(self.params):
-            g = p.grad
-            direction = torch.sign(b1 * self.m[i] + (1 - b1) * g)
-            p.mul_(1 - self.lr * self.wd)
-            p.sub_(self.lr * direction * cautious_scale(direction, g))
-            self.m[i] = b2 * self.m[i] + (1 - b2) * g
-
-
 class ReferenceSignum:
     """signSGD (beta=0, Algorithm 1) and Signum (Algorithm 3): x <- x - lr sign(m), m the gradient's EMA."""
 
@@ -102,7 +84,7 @@ REFERENCES = {
     "cadamw": (lambda ps: gw.CAdamW(ps, lr=1e-2, weight_decay=0.1),
                lambda ps: ReferenceCAdamW(ps, lr=1e-2, weight_decay=0.1)),
     "clion": (lambda ps: gw.CLion(ps, lr=1e-3, weight_decay=0.3),
-              lambda ps: ReferenceCLion(ps, lr=1e-3, weight_decay=0.3)),
+              lambda ps: ReferenceLion(ps, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.3, cautious=True)),
     "signsgd": (lambda ps: gw.SignSGD(ps, lr=1e-3, weight_decay=0.2),
                 lambda ps: ReferenceSignum(ps, lr=1e-3, beta=0.0, weight_decay=0.2)),
     "signum": (lambda ps: gw.Signum(ps, lr=1e-3), lambda ps: ReferenceSignum(ps, lr=1e-3, beta=0.9)),

@@ -1,6 +1,6 @@
 """The cautious option against C-AdamW written from the paper (Liang et al., 2024): AdamW whose step
 m_hat / (sqrt(v_hat) + eps) is multiplied by phi numel / (sum(phi) + 1), phi = 1[m g > 0], with the weight
-decay unmasked. The reference is shared with gradwise.CAdamW's test: tests/optim/cautious_reference.py."""
+decay unmasked. The reference is shared with gradwise.CAdamW's test: tests/optim/oracle_references.py."""
 
 import importlib.util
 from pathlib import Path
@@ -21,7 +21,7 @@ def _load_shared(name):
     return module
 
 
-ReferenceCAdamW = _load_shared("cautious_reference").ReferenceCAdamW
+ReferenceCAdamW = _load_shared("oracle_references").ReferenceCAdamW
 
 
 def net():
