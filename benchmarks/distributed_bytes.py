@@ -1,158 +1,109 @@
-"""Loss against bytes communicated for every gradwise.distributed method, with N gloo processes on one host.
+"""Loss against bytes communicated for every distributed method of the lab, on char-lm with 2 and 4 gloo processes.
 
-    .venv/bin/python benchmarks/distributed_bytes.py                 # 2 processes, 300 steps (under a minute)
-    .venv/bin/python benchmarks/distributed_bytes.py --world 4 --steps 600
+    .venv/bin/python benchmarks/distributed_bytes.py                      # 2 and 4 processes, 200 steps
+    .venv/bin/python benchmarks/distributed_bytes.py --worlds 2 --steps 100 --methods ddp,topk
 
-Problem: regression onto a fixed random teacher MLP (64 -> 32 -> 1, tanh) with a student MLP
-64 -> 256 -> 256 -> 1 (about 83k float32 parameters); every rank draws its own mini-batches of 32 from its own
-shard. Methods (each starts from the same weights):
-    ddp-sgd   DistributedDataParallel's float32 all-reduce, SGD lr 0.01 momentum 0.9   (baseline for topk, sign)
-    topk      compression_hook("topk"): DGC, density 1 %, momentum correction 0.9, warm-up 1/10 of the steps,
-              local clipping at 1.0; plain SGD lr 0.01
-    sign      compression_hook("sign"): 1-bit sign with error feedback; SGD lr 0.01 momentum 0.9
-              (at lr 0.05 ddp-sgd still trains but sign diverges on this problem)
-    ddp-adam  DDP's all-reduce with torch.optim.Adam                                    (baseline for onebit)
-    onebit    OneBitAdam, warm-up (frozen variance after) for 1/5 of the steps
-    diloco    DiLoCo with gradwise AdamW inside, sync_every=20, outer Nesterov lr 0.7, momentum 0.9
-"Bytes" are what rank 0 handed to its collectives (for DDP: 4 bytes per parameter per step, the all-reduce
-buffer); wire traffic depends on the backend's algorithm (see gradwise.distributed.comm). Loss is the mean
-squared error over every rank's shard, evaluated on rank 0 without communication.
+For each world size the script launches one `python -m torch.distributed.run --nproc_per_node N` job (gloo on
+127.0.0.1, one thread per process) that trains the lab problem (default char-lm: a 2-layer character
+transformer, 83,681 parameters) with each method in turn through gradwise.lab.distributed, the loop behind
+`gradwise lab run --distributed METHOD`. Every method starts from the same weights and each rank draws its
+own batches; the methods' fixed settings are in gradwise.lab.distributed's docstring ("ddp:sgd" is ddp with
+SGD lr 0.3, momentum 0.9: the baseline with topk's optimizer).
+
+Columns: final loss = training loss averaged over the ranks and the last 20 steps; val loss = rank 0's
+replica on the problem's validation windows after the last step; MB sent = bytes rank 0 handed to its
+collectives (for ddp the float32 all-reduce buffer, 4 bytes per parameter per step), in 10^6 bytes;
+x less = ddp's bytes over the method's, for the whole run and for the last half (past every warm-up).
+What crosses the wire depends on the backend's algorithm (see gradwise.distributed.comm).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import multiprocessing
+import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-
-import gradwise as gw
-from gradwise.distributed import DiLoCo, OneBitAdam, compression_hook
-
-METHODS = ("ddp-sgd", "topk", "sign", "ddp-adam", "onebit", "diloco")
-D_IN, BATCH, SHARD = 64, 32, 2048
+METHODS = ("ddp", "ddp:sgd", "topk", "sign", "onebit", "diloco")
 
 
-def make_data(world: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    teacher = nn.Sequential(nn.Linear(D_IN, 32), nn.Tanh(), nn.Linear(32, 1))
-    with torch.no_grad():
-        for p in teacher.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 1.5 / p.shape[-1] ** 0.5)
-        x = torch.randn(world, SHARD, D_IN, generator=g)
-        y = teacher(x) + 0.01 * torch.randn(world, SHARD, 1, generator=g)
-    return x, y
+def _worker(problem: str, specs: list[str], steps: int, out: str) -> None:
+    """Runs under torchrun: every method in turn on one process group; rank 0 writes each result."""
+    import torch
+    import torch.distributed as dist
 
+    from gradwise.lab.distributed import Settings, init_from_env, train
 
-def make_model() -> nn.Module:
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(D_IN, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 1))
-
-
-def train(rank: int, world: int, method: str, steps: int, every: int) -> list[tuple[int, int, float]]:
-    x, y = make_data(world)
-    net = make_model()
-    n = sum(p.numel() for p in net.parameters())
-    forward, state, opt = net, None, None
-    if method.startswith("ddp") or method in ("topk", "sign"):
-        forward = DistributedDataParallel(net)
-        if method in ("topk", "sign"):
-            dgc = dict(ratio=0.01, momentum=0.9, clip_norm=1.0, warmup_steps=steps // 10)
-            state, hook = compression_hook(method, **(dgc if method == "topk" else {}))
-            forward.register_comm_hook(state, hook)
-        if method == "ddp-adam":
-            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        else:
-            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.0 if method == "topk" else 0.9)
-    elif method == "onebit":
-        opt = OneBitAdam(net.parameters(), lr=1e-3, freeze_step=steps // 5)
-    else:
-        opt = DiLoCo(net, gw.AdamW(net.parameters(), lr=1e-3, weight_decay=0.0), sync_every=20)
-    g = torch.Generator().manual_seed(100 + rank)
-    rows = []
-    for t in range(1, steps + 1):
-        batch = torch.randint(0, SHARD, (BATCH,), generator=g)
-        opt.zero_grad()
-        nn.functional.mse_loss(forward(x[rank, batch]), y[rank, batch]).backward()
-        opt.step()
-        if rank == 0 and (t % every == 0 or t == steps):
-            if state is not None:
-                sent = state.bytes_sent
-            elif isinstance(opt, OneBitAdam | DiLoCo):
-                sent = opt.bytes_sent
-            else:
-                sent = 4 * n * t
-            with torch.no_grad():
-                loss = float(nn.functional.mse_loss(net(x), y))
-            rows.append((t, sent, loss))
-    return rows
-
-
-def _entry(rank: int, world: int, port: int, method: str, steps: int, every: int, out: str) -> None:
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    rows = train(rank, world, method, steps, every)
-    if rank == 0:
-        torch.save(rows, Path(out) / "rows.pt")
-    dist.barrier()
+    rank, _ = init_from_env(timeout=300)
+    for spec in specs:
+        method, _, optimizer = spec.partition(":")
+        result = train(problem, Settings(method, steps=steps, optimizer=optimizer or None))
+        if rank == 0:
+            (Path(out) / f"{spec.replace(':', '-')}.json").write_text(json.dumps({
+                "spec": spec, "optimizer": result.settings["optimizer"], "lr": result.settings["lr"],
+                "rows": result.rows, "final_loss": result.final_loss(20), "val_loss": result.final.get("val_loss"),
+                "wall_s": result.wall_s, "replica_difference": result.replica_difference,
+                "parameters": result.parameters}))
     dist.destroy_process_group()
 
 
-def run(method: str, world: int, steps: int, every: int) -> tuple[list[tuple[int, int, float]], float]:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("fork")
+        return s.getsockname()[1]
+
+
+def launch(world: int, problem: str, specs: list[str], steps: int) -> tuple[dict[str, dict], float]:
     with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), __file__, "--worker",
+                   "--problem", problem, "--methods", ",".join(specs), "--steps", str(steps), "--out", out]
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
         start = time.perf_counter()
-        procs = [ctx.Process(target=_entry, args=(r, world, port, method, steps, every, out)) for r in range(world)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
-        if any(p.exitcode != 0 for p in procs):
-            raise RuntimeError(f"{method}: a process failed (exit codes {[p.exitcode for p in procs]})")
-        return torch.load(Path(out) / "rows.pt"), seconds
+        if done.returncode != 0:
+            raise RuntimeError(f"torchrun with {world} processes failed:\n{done.stdout}\n{done.stderr}")
+        return {spec: json.loads((Path(out) / f"{spec.replace(':', '-')}.json").read_text()) for spec in specs}, seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--every", type=int, default=50, help="evaluate the loss every this many steps")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--worlds", default="2,4", help="comma-separated numbers of processes")
+    parser.add_argument("--steps", type=int, default=200, help="steps per run (char-lm's own: 300)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="METHOD or METHOD:OPTIMIZER, comma-separated")
+    parser.add_argument("--problem", default="char-lm")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import torch._dynamo  # noqa: F401  (DDP imports it; once here rather than in every forked process)
-
-    n = sum(p.numel() for p in make_model().parameters())
-    print(f"{args.world} gloo processes on 127.0.0.1, {n} parameters, {args.steps} steps; "
-          f"float32 all-reduce = {4 * n} bytes per step")
-    print(f"{'method':<9} {'step':>5} {'MB sent':>9} {'x less':>7} {'loss':>9}")
-    summary = []
-    for method in args.methods.split(","):
-        rows, seconds = run(method, args.world, args.steps, args.every)
-        for t, sent, loss in rows:
-            print(f"{method:<9} {t:>5} {sent / 1e6:>9.3f} {4 * n * t / max(sent, 1):>7.1f} {loss:>9.5f}")
-        summary.append((method, rows, seconds))
-    print("\nsummary: bytes over the whole run, and per step over the last interval (after any warm-up)")
-    print(f"{'method':<9} {'MB sent':>9} {'x less':>7} {'x less, last':>13} {'final loss':>11} {'wall s':>7}")
-    for method, rows, seconds in summary:
-        (t0, sent0, _), (t, sent, loss) = rows[-2], rows[-1]
-        last = 4 * n * (t - t0) / max(sent - sent0, 1)
-        print(f"{method:<9} {sent / 1e6:>9.3f} {4 * n * t / max(sent, 1):>7.1f} {last:>13.1f} {loss:>11.5f} "
-              f"{seconds:>7.1f}")
+    specs = [s.strip() for s in args.methods.split(",") if s.strip()]
+    if args.worker:
+        _worker(args.problem, specs, args.steps, args.out)
+        return
+    header = (f"{'method':<9} {'optimizer':<11} {'world':>5} {'steps':>5} {'final loss':>10} {'val loss':>8} "
+              f"{'MB sent':>8} {'x less':>7} {'x less, 2nd half':>16} {'wall s':>7}")
+    print(f"{args.problem}: gloo on 127.0.0.1, one thread per process, {args.steps} steps; "
+          f"MB sent per rank; x less: ddp's bytes over the method's")
+    print(header)
+    for world in [int(w) for w in args.worlds.split(",")]:
+        found, seconds = launch(world, args.problem, specs, args.steps)
+        n = next(iter(found.values()))["parameters"]
+        half = args.steps // 2
+        dense, dense_half = 4 * n * args.steps, 4 * n * (args.steps - half)
+        for spec, r in found.items():
+            sent = r["rows"][-1]["bytes_sent"]
+            sent_half = sent - r["rows"][half - 1]["bytes_sent"] if half > 0 else sent
+            val = r["val_loss"] if r["val_loss"] is not None else float("nan")
+            print(f"{spec.partition(':')[0]:<9} {r['optimizer']:<11} {world:>5} {args.steps:>5} "
+                  f"{r['final_loss']:>10.4f} {val:>8.4f} {sent / 1e6:>8.2f} {dense / max(sent, 1):>7.1f} "
+                  f"{dense_half / max(sent_half, 1):>16.1f} {r['wall_s']:>7.1f}", flush=True)
+        print(f"({world} processes: {seconds:.0f} s in all, torchrun's start included)", flush=True)
 
 
 if __name__ == "__main__":
