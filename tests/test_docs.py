@@ -62,6 +62,10 @@ def test_mkdocs_build_strict(tmp_path):
     for e in gw.entries():
         assert f'id="{e.cls.__module__}.{e.cls.__qualname__}"' in api, e.name
     assert 'id="gradwise.layerwise_lr_decay"' in (site / "api" / "gradwise" / "index.html").read_text()
+    which = (site / "which-optimizer" / "index.html").read_text()
+    assert "lab results: generated" not in which
+    for name in load_lab_summary().load()["optimizers"]:
+        assert f"<code>{name}</code>" in which, name
 
 
 def migration_rows():
@@ -90,3 +94,51 @@ def test_migration_tables_name_real_arguments():
             assert theirs.strip("`") in inspect.signature(their_cls).parameters, (source, theirs)
             checked_sources += 1
     assert checked_sources >= 6  # torch.optim rows at least
+
+
+def load_lab_summary():
+    spec = importlib.util.spec_from_file_location("lab_summary", DOCS / "gen" / "lab_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_which_optimizer_page_names_every_optimizer_and_problem_of_the_committed_lab_data():
+    gen = load_lab_summary()
+    data = gen.load()
+    assert data["optimizers"] and data["problems"]
+    page = (DOCS / "which-optimizer.md").read_text()
+    assert page.count(gen.MARKER) == 1
+    text = gen.on_page_markdown(page, page=None)
+    assert gen.MARKER not in text and "lab.md#protocol" in text
+    for name in data["optimizers"]:
+        assert name in gw.available() or "+" in name, name
+        assert f"| `{name}` |" in text, name  # its row in the overall table
+    for problem in data["problems"]:
+        assert f"### {problem['name']}" in text
+        ranked = [row["optimizer"] for row in problem["ranking"]]
+        assert sorted(ranked) == sorted(data["optimizers"])
+        ranks = [row["rank"] for row in problem["ranking"]]
+        assert ranks == sorted(ranks)  # best first
+    assert "which-optimizer.md" in (ROOT / "mkdocs.yml").read_text()
+
+
+@pytest.mark.slow
+def test_lab_summary_reads_a_finished_study_and_refuses_an_empty_folder(tmp_path):
+    pytest.importorskip("optuna")
+    from gradwise.lab import Plan, run_lab, storage_url
+
+    gen = load_lab_summary()
+    with pytest.raises(FileNotFoundError, match="lab.db"):
+        gen.summarize(tmp_path / "nothing")
+    plan = Plan.make("quick", problems=["beale"], optimizers=["adamw", "sgd"], trials=1, seeds=2)
+    run_lab(plan, storage_url(tmp_path), threads=1)
+    data = gen.summarize(tmp_path)
+    assert data["optimizers"] == ["adamw", "sgd"] and [p["name"] for p in data["problems"]] == ["beale"]
+    rows = data["problems"][0]["ranking"]
+    assert {r["optimizer"] for r in rows} == {"adamw", "sgd"} and all(r["misses"] in (0, 1, 2) for r in rows)
+    adamw = next(r for r in rows if r["optimizer"] == "adamw")
+    assert adamw["misses"] <= 1 and adamw["steps_to_target"] is not None  # the target is AdamW's: half its seeds
+    assert {r["optimizer"] for r in data["overall"]} == {"adamw", "sgd"}
+    assert gen.load_text(gen.dumps(data)) == data
+    assert "### beale" in gen.render(data)
