@@ -468,6 +468,10 @@ class CompiledStep:
             if flat and self._run_flat(gi, key, members, layout, chain, signature):
                 continue
             self.layouts.pop((gi, key), None)
+            if storage is not None and all(tr.elementwise for tr in chain):  # 8-bit state: flat too, if it can
+                from .compiled_state import run_quantized
+
+                members = run_quantized(self, gi, key, members, chain, signature, storage)
             rest.extend(self._run_each(gi, key, members, chain, signature, storage))
         return rest
 

@@ -185,7 +185,7 @@ class _Quantized:
     """What one CompiledStep keeps for this path: layouts per (group, bucket), compiled functions, slots."""
 
     def __init__(self) -> None:
-        self.layouts: dict[tuple, QuantizedLayout] = {}
+        self.layouts: dict[tuple, list[QuantizedLayout]] = {}
         self.functions: dict[tuple, Callable | None] = {}
         self.slots: dict[tuple, list] = {}
 
@@ -211,30 +211,62 @@ def run_quantized(step: Any, gi: int, key: tuple, members: list[Tensor], chain: 
         return members
     rest = [p for p in members if p.numel() < storage.min_size or p.numel() == 0]
     holder = _holder(step)
-    optimizer = step.optimizer
+    state = step.optimizer.state
+    cached = holder.layouts.get((gi, key), [])
+    if len(cached) == 1 and cached[0].block == storage.block and cached[0].matches(big, state):
+        cached[0].attach_grads()
+        layouts = cached
+    else:  # gather again: one layout per step count (parameters that missed steps count fewer)
+        layouts, left = _lay_out(step.optimizer, big, chain, storage, cached)
+        rest.extend(left)
+        holder.layouts[(gi, key)] = layouts
+    for i, layout in enumerate(layouts):
+        if not _run_layout(step, holder, gi, key, layout, chain, signature):
+            del holder.layouts[(gi, key)]
+            return rest + [p for other in layouts[i:] for p in other.members]
+    return rest
+
+
+def _lay_out(optimizer: Any, big: list[Tensor], chain: tuple, storage: Any,
+             cached: list[QuantizedLayout]) -> tuple[list[QuantizedLayout], list[Tensor]]:
+    """The layouts of `big` (reusing those still in place) and the parameters that cannot be laid out."""
     state = optimizer.state
-    layout = holder.layouts.get((gi, key))
-    if layout is not None and layout.block == storage.block and layout.matches(big, state):
-        layout.attach_grads()
-    else:
-        holder.layouts.pop((gi, key), None)
-        states = []
-        for p in big:
-            st = state[p]
-            if "step" not in st:
-                optimizer._init_state(p, st, chain)
-                storage.init(p, st)
-            states.append(st)
-        found = QuantizedLayout.eligible(big, states, storage.block)
+    by_step: dict[float, list[Tensor]] = {}
+    left = []
+    for p in big:
+        st = state[p]
+        if "step" not in st:
+            optimizer._init_state(p, st, chain)
+            storage.init(p, st)
+        step = st["step"]
+        if isinstance(step, Tensor) and step.numel() == 1:
+            by_step.setdefault(float(step), []).append(p)
+        else:
+            left.append(p)
+    layouts = []
+    for members in by_step.values():
+        reuse = [layout for layout in cached if layout.block == storage.block and layout.matches(members, state)]
+        if reuse:
+            reuse[0].attach_grads()
+            layouts.append(reuse[0])
+            continue
+        states = [state[p] for p in members]
+        found = QuantizedLayout.eligible(members, states, storage.block)
         if found is None:
-            return members
-        layout = QuantizedLayout(big, states, found[0], storage.block, found[1])
-        holder.layouts[(gi, key)] = layout
+            left.extend(members)
+        else:
+            layouts.append(QuantizedLayout(members, states, found[0], storage.block, found[1]))
+    return layouts, left
+
+
+def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: QuantizedLayout, chain: tuple,
+                signature: tuple) -> bool:
+    """One compiled call over the layout's buffers; False (nothing written) when it cannot run."""
     try:
         values = [tr.coefficients(layout.t + 1) for tr in chain]
         pattern = coefficient_pattern(values)
     except Unsupported:
-        return members
+        return False
     fkey = (gi, key, signature, pattern, layout.keys, layout.block)
     if fkey not in holder.functions:
         made = _quantized_chain(tuple(tr.kernel for tr in chain), signature[0], layout.keys, layout.block)
@@ -242,7 +274,7 @@ def run_quantized(step: Any, gi: int, key: tuple, members: list[Tensor], chain: 
         holder.functions[fkey] = torch.compile(fresh, backend=step.backend, fullgraph=True)
     fn = holder.functions[fkey]
     if fn is None:
-        return members
+        return False
     slots = holder.slots.get(fkey)
     if slots is None:
         slots = holder.slots[fkey] = coefficient_slots(pattern, *key)
@@ -252,7 +284,7 @@ def run_quantized(step: Any, gi: int, key: tuple, members: list[Tensor], chain: 
         holder.functions[fkey] = None
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
         step._warn(gi, f"the flat 8-bit path failed to compile ({type(error).__name__}: {first_line})")
-        return members
+        return False
     layout.steps.add_(1)
     layout.t += 1
-    return rest
+    return True
