@@ -63,15 +63,17 @@ def dequantize_loaded(optimizer: Any, work: Work) -> None:
     optimizer) becomes float state of the parameter's dtype, exactly the values the codes stand for.
 
     The scan runs only when it can find something: on the first step, after `load_state_dict` (torch gives
-    the optimizer a new state dict) and after a group's state_bits changed."""
+    the optimizer a new state dict) and after a group's state_bits changed. It covers every parameter of the
+    group, not only those with a gradient this step: the scan does not run again, so a parameter left out
+    would meet its codes later as if they were floats."""
     seen = (id(optimizer.state), tuple(group["state_bits"] for group in optimizer.param_groups))
     if getattr(optimizer, "_gradwise_scanned_state", None) == seen:
         return
     optimizer._gradwise_scanned_state = seen
-    for group, params in work:
+    for group in optimizer.param_groups:
         if group["state_bits"] != 32:
             continue
-        for p in params:
+        for p in group["params"]:
             state = optimizer.state.get(p)
             if state and any(key.endswith(ABSMAX) for key in state):
                 dequantize_state(p, state, group["state_block"])
