@@ -149,7 +149,7 @@ class _HyperSignature(type):
 
     @property
     def __signature__(cls) -> inspect.Signature:
-        return cls._signature()
+        return cls._signature()  # type: ignore[attr-defined]  # defined on ChainOptimizer, the one user
 
 
 class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
@@ -172,7 +172,7 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
         runs eagerly, with a warning. A runtime choice: not saved in the state_dict.
     """
 
-    defaults: ClassVar[dict[str, Any]] = {}
+    defaults: dict[str, Any] = {}  # per class (read as cls.defaults); torch.optim also sets self.defaults
     ranges: ClassVar[dict[str, Range]] = {}
     engine_defaults: ClassVar[dict[str, Any]] = {"maximize": False}
     engine_ranges: ClassVar[dict[str, Range]] = {"maximize": Flag()}
@@ -324,7 +324,7 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
         return work
 
     def _gradients_finite(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> bool:
-        grads = [p.grad for _, params in work for p in params if p.grad.numel() > 0]
+        grads = [p.grad for _, params in work for p in params if p.grad is not None and p.grad.numel() > 0]
         if not grads:
             return True
         device = grads[0].device
@@ -363,8 +363,9 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
             if saved is not None:
                 self.state[p] = {k: _own_copy(v, p.device, k) for k, v in saved.items()}
         self.skipped_steps = int(state_dict.get("gradwise", {}).get("skipped_steps", 0))
-        if getattr(self, "_compiled", None) is not None:
-            self._compiled.invalidate()  # the loaded state is not in the flat buffers: gather again
+        compiled = getattr(self, "_compiled", None)
+        if compiled is not None:
+            compiled.invalidate()  # the loaded state is not in the flat buffers: gather again
         # a checkpoint written before an engine option existed lacks its key: the option's default applies
         for group in self.param_groups:
             for key, value in type(self).all_defaults().items():
