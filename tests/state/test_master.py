@@ -75,6 +75,19 @@ def test_every_optimizer_steps_its_master_copy_as_it_steps_float32_parameters(na
         assert all(v.dtype != torch.bfloat16 for v in opt.state[p].values() if isinstance(v, torch.Tensor))
 
 
+@pytest.mark.parametrize("extra", [{"state_bits": 8, "state_min_size": 0, "state_block": 128},
+                                   {"state_dtype": torch.float32}, {"state_dtype": torch.bfloat16}])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_with_a_state_storage_the_master_copy_is_still_the_float32_trajectory(extra, dtype):
+    """The storage works on float32 state for the master copy exactly as for float32 parameters."""
+    for opt, params, reference in lockstep("adamw", 40, dtype, **extra):
+        for p, q in zip(params, reference, strict=True):
+            assert torch.equal(master_weight(opt, p), q.detach())
+    kept = opt.state[params[0]]["exp_avg_sq"]
+    assert kept.dtype == {8: torch.uint8}.get(extra.get("state_bits"), extra.get("state_dtype"))
+    assert opt.state[params[0]][MASTER].dtype == torch.int32
+
+
 def test_small_updates_that_round_to_nearest_loses_add_up_in_the_master_copy():
     p = torch.ones(64, dtype=torch.bfloat16, requires_grad=True)
     plain = torch.ones(64, dtype=torch.bfloat16, requires_grad=True)

@@ -10,7 +10,9 @@ Per-group hyper-parameter it adds:
     With `stochastic_rounding=True` as well, bfloat16 parameters are written back with stochastic rounding
     from the master copy instead (unbiased: E[parameter] = master; the random bits are drawn as that option
     draws them, see `gradwise.state.rounding`); float16 parameters are still rounded to nearest.
-    Parameters of any other dtype (float32, float64) are left alone: the option is a no-op for them.
+    Parameters of any other dtype (float32, float64) are left alone: the option is a no-op for them (no
+    number changes; with compile=True a group with the option runs the per-parameter compiled path rather
+    than the flat one, so set it on the groups that hold low-precision parameters).
 
 Memory: 4 extra bytes per bfloat16/float16 parameter for the master copy, kept between steps, and the
 chain's state tensors are float32 (AdamW: 8 bytes per parameter instead of 4 in bfloat16) unless
@@ -23,9 +25,12 @@ parameter's shape, so that the state storages (`state_bits=8`, `state_dtype`), w
 state tensors of the parameter's shape, never round it; `state_dict` saves it as is (a bit-exact round trip,
 so a resumed run equals an uninterrupted one). `master_weight(optimizer, p)` returns it as float32.
 
-With `state_bits=8` or `state_dtype`, the storage hands the chain its state in the parameter's dtype; this
-option reads such bfloat16/float16 working tensors as float32 and leaves the float32 result for the storage
-to store (one rounding, by the storage).
+With `state_bits=8` or `state_dtype`, the group's storage keeps the state as it asks (8-bit codes, or
+`state_dtype`) but hands it to the chain as float32 and stores the float32 result: one rounding per step, by
+the storage (`state_dtype=torch.float32` keeps the moments in float32 exactly). The option wraps the storage
+the `state` option chooses, showing it a float32 stand-in of the parameter (a meta tensor of its shape).
+Any bfloat16/float16 state tensor the chain is handed anyway (a checkpoint of a run without the option) is
+read as float32 and stays float32.
 
 The master copy is created on the parameter's first step with the option on (from the parameter's value
 then) and is the truth from then on: writing into the parameter directly (re-initialising, loading model
@@ -36,6 +41,7 @@ delete it before switching the option on again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -154,6 +160,38 @@ def _on_master(transform: Transform) -> Transform:
     return Transform(update, init, transform.writes)
 
 
+@dataclass(frozen=True)
+class Float32Working:
+    """A state storage (`gradwise.core.engine.Storage`) that works as `inner` does for a float32 parameter of
+    the same shape: the chain gets, and gives back, float32 working state for bfloat16/float16 parameters."""
+
+    inner: Any
+
+    def init(self, p: Tensor, state: State) -> None:
+        self.inner.init(_float32_shape_of(p), state)
+
+    def open(self, p: Tensor, state: State) -> State:
+        work: State = self.inner.open(_float32_shape_of(p), state)
+        return work
+
+    def close(self, p: Tensor, state: State, work: State) -> None:
+        self.inner.close(_float32_shape_of(p), state, work)
+
+
+def _float32_shape_of(p: Tensor) -> Tensor:
+    return torch.empty(p.shape, dtype=torch.float32, device="meta") if p.dtype in NARROW else p
+
+
+def _storage(h: SimpleNamespace) -> Float32Working | None:
+    """The `state` option's storage for this group, made to work in float32 (asked before that option's)."""
+    if not h.master_weights:
+        return None
+    from . import STATE  # defined after this module is imported
+
+    inner = STATE.storage(h) if STATE.storage is not None else None
+    return None if inner is None else Float32Working(inner)
+
+
 def _both(group: dict[str, Any]) -> bool:
     return bool(group.get("master_weights") and group.get("stochastic_rounding"))
 
@@ -175,6 +213,7 @@ MASTER_WEIGHTS = EngineOption(
     ranges={"master_weights": Flag()},
     prepare=_prepare,
     wrap=_wrap,
+    storage=_storage,
 )
 
 extend(MASTER_WEIGHTS)
