@@ -212,3 +212,17 @@ def test_switching_the_option_on_mid_run_starts_the_master_copy_from_the_paramet
 def test_bad_master_weights_value_is_refused_by_name():
     with pytest.raises((TypeError, ValueError), match="master_weights"):
         gw.AdamW([torch.zeros(3, requires_grad=True)], master_weights="yes")
+
+
+def test_memory_cost_is_the_documented_bytes_per_parameter():
+    """AdamW on bfloat16 weights: 4 bytes of master copy + 8 of float32 moments, against 4 (bfloat16 moments)."""
+    def state_bytes(**extra):
+        p = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+        opt = gw.AdamW([p], **extra)
+        p.grad = torch.ones_like(p)
+        opt.step()
+        return sum(v.nbytes for k, v in opt.state[p].items() if k != "step" and isinstance(v, torch.Tensor))
+
+    assert state_bytes() == 4 * 4096
+    assert state_bytes(master_weights=True) == 12 * 4096
+    assert state_bytes(master_weights=True, state_dtype=torch.bfloat16) == 8 * 4096
