@@ -65,8 +65,11 @@ def test_grokking_data_split_and_the_one_d_functions_minima():
     for name, (curve, _) in CURVES.items():
         xs = torch.linspace(*curve.window, 4001)
         assert float(xs[curve.f(xs).argmin()]) == pytest.approx(curve.minimum, abs=1e-3), name
-    f1, f3 = CURVES["diffgrad-f1"][0].f, CURVES["diffgrad-f3"][0].f
+    f1, f2, f3 = (CURVES[f"diffgrad-f{i}"][0].f for i in (1, 2, 3))
     assert float(f1(torch.tensor(0.2))) == pytest.approx(0.05)  # F1's local minimum
+    assert float(f2(torch.tensor(-1.0))) == pytest.approx(4.85) and float(f2(torch.tensor(0.0))) == pytest.approx(0.85)
+    assert float(f2(torch.tensor(-0.6429))) == pytest.approx(0.0, abs=2e-4)  # F2's global minimum, near 0
+    assert float(f2(torch.tensor(0.588))) == pytest.approx(0.465, abs=1e-3)  # and its local minimum right of 0
     assert float(f3(torch.tensor(-0.5))) == pytest.approx(0.25) and float(f3(torch.tensor(-0.4))) == pytest.approx(0.35)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.trial import TrialState
@@ -101,7 +101,7 @@ def load(storage: optuna.storages.BaseStorage) -> Results:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE,))
             trials = sorted(trials, key=lambda t: t.number)[:plan.trials]
-            cell.tuning = [(dict(t.params), t.value) for t in trials]
+            cell.tuning = [(dict(t.params), cast(float, t.value)) for t in trials]  # COMPLETE: a value
             if len(trials) == plan.trials:
                 cell.best = dict(best_trial(trials, plan.trials).params)
             name = plan.seeds_study(p, o)
@@ -149,7 +149,7 @@ def run_to_target(run: Run, prob: Problem, goal: float) -> tuple[float, float]:
     """(steps, seconds) at which `run` first reaches `goal`; (inf, inf) for a miss."""
     for step, seconds, value in zip(run.curve["step"], run.curve["time"], run.curve[prob.target], strict=True):
         if value is not None and _better(value, goal, prob.higher_is_better):
-            return float(step), float(seconds)
+            return float(cast(float, step)), float(cast(float, seconds))
         if value is None:  # diverged from here on
             break
     return math.inf, math.inf
@@ -198,7 +198,7 @@ def score(rs: list[float], tau_max: float = TAU_MAX) -> float:
 def leaderboard(results: Results) -> list[dict[str, Any]]:
     """One row per optimizer, best score first: score, problems on target, median normalised rank."""
     rs = ratios(results)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for o in results.optimizers:
         ranks = []
         for p in results.plan.problems:

@@ -14,7 +14,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -136,7 +136,8 @@ def steps_to_goal(prob: Problem, optimizer: str, params: dict[str, Any], seed: i
             value = inst.evaluate()[prob.target]
             if not math.isfinite(value):
                 return math.inf
-            if (value >= prob.goal) if prob.higher_is_better else (value <= prob.goal):
+            goal = cast(float, prob.goal)  # a reproduction's problem has a fixed goal
+            if (value >= goal) if prob.higher_is_better else (value <= goal):
                 return float(step)
     return math.inf
 
@@ -145,7 +146,8 @@ def final_value(prob: Problem, optimizer: str, params: dict[str, Any], seed: int
                 metric: str = "loss") -> float:
     """The metric after `steps` steps at fixed hyper-parameters (inf if the run diverged)."""
     result = train(dataclasses.replace(prob, steps=steps, eval_every=steps), optimizer, params, seed)
-    return math.inf if result.diverged or result.final[metric] is None else float(result.final[metric])
+    value = result.final[metric]
+    return math.inf if result.diverged or value is None else float(value)
 
 
 def final_point(prob: Problem, optimizer: str, params: dict[str, Any], seed: int, steps: int) -> float:
@@ -172,7 +174,7 @@ def _threads(function: Callable[[], tuple[bool, str]]) -> Callable[[], tuple[boo
     return wrapped
 
 
-GROKFAST_SETUP = dict(lr=3e-3, seeds=(0, 1, 2), limit=8000, every=50, speedup=1.3)
+GROKFAST_SETUP: dict[str, Any] = dict(lr=3e-3, seeds=(0, 1, 2), limit=8000, every=50, speedup=1.3)
 
 
 @_threads
@@ -190,13 +192,13 @@ def reproduce_grokfast() -> tuple[bool, str]:
                   f"{list(cfg['seeds'])}: adamw+grokfast {_show(b)} {_list(fast)} vs adamw {_show(a)} {_list(plain)}")
 
 
-DIFFGRAD_SETUP = dict(lr=0.1, betas=(0.95, 0.999), steps=300, seeds=(0, 1, 2))
+DIFFGRAD_SETUP: dict[str, Any] = dict(lr=0.1, betas=(0.95, 0.999), steps=300, seeds=(0, 1, 2))
 
 
 def reproduce_diffgrad(functions: tuple[str, ...] | None = None) -> tuple[bool, str]:
     """The authors' setting (diffGrad_analytical.ipynb: lr=0.1, betas=(0.95, 0.999), 300 steps from x=-1):
     on F1 diffGrad ends at the global minimum x=-0.3, nearer than Adam, which overshoots into the local
-    minimum at 0.2. F3 is measured and shown, not judged."""
+    minimum at 0.2. F2 and F3 are measured and shown, not judged."""
     return _on_one_thread(_diffgrad, functions or DIFFGRAD_FUNCTIONS)
 
 
@@ -215,25 +217,33 @@ def _diffgrad(functions: tuple[str, ...]) -> tuple[bool, str]:
     return held, "; ".join(evidence)
 
 
-CAUTIOUS_SETUP = dict(problem="mlp-digits", lr=1e-3, steps=300, seeds=(0, 1, 2))
+# (problem, lr, steps): the language model the paper's claim is about, at CPU scale (the first 50 of char-lm's 300
+# steps, which keeps the reproduction in seconds), and the digits MLP as a second check. Measured on char-lm (seeds
+# 0-2, training loss, C-AdamW vs AdamW, lower on every seed and at every evaluation): lr 3e-3, after 50 steps
+# 2.75 vs 2.86, after 150 steps 2.455 vs 2.476, after all 300 steps 2.367 vs 2.403; after 150 steps at lr 1e-3
+# 2.554 vs 2.578 and at lr 1e-2 2.446 vs 2.466.
+CAUTIOUS_SETUP: dict[str, Any] = dict(runs=(("char-lm", 3e-3, 50), ("mlp-digits", 1e-3, 300)), seeds=(0, 1, 2))
 
 
 @_threads
 def reproduce_cautious() -> tuple[bool, str]:
     """C-AdamW against AdamW at the same lr and step budget: median final training loss over seeds; held when
-    C-AdamW's is lower."""
+    C-AdamW's is lower on every problem of the setup."""
     cfg = CAUTIOUS_SETUP
-    prob = PROBLEMS[cfg["problem"]]
-    losses = {o: [final_value(prob, o, {"lr": cfg["lr"]}, s, cfg["steps"]) for s in cfg["seeds"]]
-              for o in ("adamw+cautious", "adamw")}
-    mine, theirs = statistics.median(losses["adamw+cautious"]), statistics.median(losses["adamw"])
-    return mine < theirs, (f"{cfg['problem']}, lr={cfg['lr']:g}, {cfg['steps']} steps: median final training loss "
-                           f"adamw+cautious {_show(mine)} {_list(losses['adamw+cautious'])} vs adamw {_show(theirs)} "
-                           f"{_list(losses['adamw'])}")
+    held, evidence = True, []
+    for name, lr, steps in cfg["runs"]:
+        prob = PROBLEMS[name]
+        losses = {o: [final_value(prob, o, {"lr": lr}, s, steps) for s in cfg["seeds"]]
+                  for o in ("adamw+cautious", "adamw")}
+        mine, theirs = statistics.median(losses["adamw+cautious"]), statistics.median(losses["adamw"])
+        held &= mine < theirs
+        evidence.append(f"{name}, lr={lr:g}, {steps} steps: median final training loss adamw+cautious {_show(mine)} "
+                        f"{_list(losses['adamw+cautious'])} vs adamw {_show(theirs)} {_list(losses['adamw'])}")
+    return held, "; ".join(evidence)
 
 
-EIGHT_BIT_SETUP = dict(strict=("logreg-digits", "logreg-cancer"), noisy=("mlp-digits",), lr=3e-3, steps=200,
-                       seeds=(0, 1, 2), tolerance=0.02)
+EIGHT_BIT_SETUP: dict[str, Any] = dict(strict=("logreg-digits", "logreg-cancer"), noisy=("mlp-digits",), lr=3e-3,
+                                       steps=200, seeds=(0, 1, 2), tolerance=0.02)
 
 
 @_threads
@@ -264,7 +274,7 @@ def _list(values: list[float]) -> str:
 
 
 BELIEF_TOYS = ("belief-abs", "belief-skew-abs", "belief-quadratic")
-DIFFGRAD_FUNCTIONS = ("diffgrad-f1", "diffgrad-f3")
+DIFFGRAD_FUNCTIONS = ("diffgrad-f1", "diffgrad-f2", "diffgrad-f3")
 DIFFGRAD_CLAIMED = ("diffgrad-f1",)
 
 CLAIMS: tuple[Claim, ...] = (
@@ -322,6 +332,6 @@ def reproductions(names: list[str] | None = None) -> list[tuple[Claim, str, str]
             raise ValueError(f"claims={', '.join(unknown)} cannot be reproduced: choose from {known}")
     out = []
     for claim in chosen:
-        held, evidence = claim.reproduce()
+        held, evidence = cast(Callable[[], tuple[bool, str]], claim.reproduce)()
         out.append((claim, "held" if held else "did not hold", evidence))
     return out

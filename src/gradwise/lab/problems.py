@@ -15,6 +15,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +87,8 @@ class Point(nn.Module):
 
 
 class FunctionInstance(Instance):
+    model: Point
+
     def __init__(self, surface: Surface, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
         start = torch.tensor(surface.start) + surface.jitter * torch.randn(2, generator=g)
@@ -181,6 +184,8 @@ class Scalar(nn.Module):
 
 
 class CurveInstance(Instance):
+    model: Scalar
+
     def __init__(self, curve: Curve, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
         start = torch.tensor([curve.start]) + curve.jitter * torch.randn(1, generator=g)
@@ -206,6 +211,15 @@ def diffgrad_f1(x: Tensor) -> Tensor:
     return torch.where(x <= 0, (x + 0.3) ** 2, (x - 0.2) ** 2 + 0.05)
 
 
+def diffgrad_f2(x: Tensor) -> Tensor:
+    """-40 x - 35.15 for x <= -0.9, x^3 + x sin(8x) + 0.85 for x > -0.9: diffGrad paper, F2 (the definition of the
+    toy functions' code published by the same group with AngularGrad, analytical/main.py; its F1 and F3 are the
+    ones here). A steep linear slope on the left drops into a wiggly cubic: global minimum about 0.0001 at
+    x = -0.6429, local minima 0.85 at x = 0 and 0.465 at x = 0.588; the two pieces meet at -0.9 with a small
+    step (0.85 against 0.835)."""
+    return torch.where(x <= -0.9, -40 * x - 35.15, x**3 + x * torch.sin(8 * x) + 0.85)
+
+
 def diffgrad_f3(x: Tensor) -> Tensor:
     """diffGrad paper, F3: x^2 for |x| >= 0.5, 0.75 - |x| for 0.4 <= |x| < 0.5, 7|x|/8 for |x| < 0.4 (the
     slopes of the authors' notebook, diffGrad_analytical.ipynb); global minimum 0 at x = 0, local minima
@@ -217,6 +231,9 @@ def diffgrad_f3(x: Tensor) -> Tensor:
 CURVES: dict[str, tuple[Curve, str]] = {
     "diffgrad-f1": (Curve(diffgrad_f1, -1.0, -0.3, (-1.2, 1.0)),
                     "diffGrad paper F1 (1-D): (x + 0.3)^2 left of 0, (x - 0.2)^2 + 0.05 right of it; start -1"),
+    "diffgrad-f2": (Curve(diffgrad_f2, -1.0, -0.6429, (-1.2, 1.0)),
+                    "diffGrad paper F2 (1-D): a slope of -40 left of -0.9, x^3 + x sin(8x) + 0.85 right of it; "
+                    "global minimum at -0.643, local minima at 0 and 0.588; start -1"),
     "diffgrad-f3": (Curve(diffgrad_f3, -1.0, 0.0, (-1.2, 1.2)),
                     "diffGrad paper F3 (1-D): a V-shaped global minimum at 0 between two local minima at "
                     "+-0.5; start -1"),
@@ -349,6 +366,8 @@ def corpus() -> dict[str, Tensor]:
 class CharTransformer(nn.Module):
     """A small pre-norm causal transformer over characters: learned positions, tied nothing."""
 
+    mask: Tensor
+
     def __init__(self, vocab: int, context: int, width: int = 64, layers: int = 2, heads: int = 4) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
@@ -473,7 +492,7 @@ class GrokkingInstance(Instance):
 # Chosen so that grokking shows within a few thousand steps on a CPU. Mini-batches matter: with full-batch
 # gradients Grokfast's filter has no fast (noise) component to separate from the slow one, and at these
 # sizes we measured no speed-up (lr 1e-3: 95 % not reached by either within 6000 steps, Grokfast behind).
-GROKKING = dict(p=47, train_fraction=0.5, width=32, hidden=64, batch_size=64)
+GROKKING: dict[str, Any] = dict(p=47, train_fraction=0.5, width=32, hidden=64, batch_size=64)
 GROKKING_WEIGHT_DECAY = 1.0
 
 
@@ -546,8 +565,8 @@ SUITES: dict[str, Suite] = {
     "standard": Suite("standard", tuple(p for p in PROBLEMS if p not in QUICK_VARIANTS), trials=30, seeds=10,
                       tune_weight_decay=True,
                       description="every problem, 30 trials (learning rate and weight decay), 10 seeds"),
-    "paper": Suite("paper", ("belief-abs", "belief-skew-abs", "belief-quadratic", "diffgrad-f1", "diffgrad-f3",
-                             "grokking", "char-lm"),
+    "paper": Suite("paper", ("belief-abs", "belief-skew-abs", "belief-quadratic", "diffgrad-f1", "diffgrad-f2",
+                             "diffgrad-f3", "grokking", "char-lm"),
                    trials=10, seeds=3, tune_weight_decay=False,
                    description="the problems behind the papers' headline claims; the report says per claim "
                                "whether it held (gradwise.lab.claims)",

@@ -54,7 +54,9 @@ def _band(values: list[list[float | None]]) -> tuple[list[float], list[float], l
     for column in zip(*values, strict=False):
         finite = [v for v in column if v is not None and math.isfinite(v)]
         if not finite:
-            med.append(math.nan), lo.append(math.nan), hi.append(math.nan)
+            med.append(math.nan)
+            lo.append(math.nan)
+            hi.append(math.nan)
             continue
         finite.sort()
         mid = len(finite) // 2

@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import sqlalchemy
@@ -308,7 +308,7 @@ def _evaluate_with(inst: Any, module: torch.nn.Module) -> dict[str, float]:
 def take_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     """opt.step(), handing the batch's loss to optimizers that read it (the Polyak step sizes)."""
     if getattr(opt, "needs_loss", False):
-        opt.step(loss=loss.detach())
+        cast(Any, opt).step(loss=loss.detach())  # a gradwise optimizer's step(loss=...), not torch's signature
     else:
         opt.step()
 
@@ -325,7 +325,7 @@ def train(prob: Problem, optimizer: str, params: dict[str, float], seed: int,
     averager = make_average(inst.model) if make_average else None
     metrics = list(prob.metrics) + ([f"avg_{m}" for m in prob.metrics] if averager is not None else [])
     curve: dict[str, list[float | None]] = {"step": [], "time": [], **{m: [] for m in metrics}}
-    trajectory = [inst.point()] if prob.kind == "function" else None
+    trajectory: list[Any] | None = [inst.point()] if prob.kind == "function" else None  # (x, y) points
     elapsed, diverged = 0.0, False
 
     def record(step: int) -> bool:
