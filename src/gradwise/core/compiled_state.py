@@ -102,6 +102,11 @@ class QuantizedLayout:
             st["step"] = self.steps[i]
             self.views["step"].append(st["step"])
         self.valid = valid.to(device)
+        # what the compiled function receives: (blocks, block) views of the flat buffers
+        self.param_rows = self.param.view(blocks, block)
+        self.grad_rows = self.grad.view(blocks, block)
+        self.param_rows.grad = self.grad_rows
+        self.code_rows = {k: codes.view(blocks, block) for k, codes in self.codes.items()}
         self.ptrs = [p.data_ptr() for p in members]
 
     @staticmethod
@@ -165,7 +170,8 @@ def _quantized_chain(kernels: tuple[Callable, ...], maximize: bool, keys: tuple[
     quantize = _quantize()
 
     def run_chain_quantized(g: Tensor, p: Tensor, codes: dict, absmax: dict, valid: Tensor, cs: tuple) -> None:
-        s = {k: quantize.dequantize_rows(codes[k].view(-1, block), absmax[k], signed).view(-1) for k, signed in keys}
+        # everything is a (blocks, block) matrix: the compiled loops run over rows, one scale per row
+        s = {k: quantize.dequantize_rows(codes[k], absmax[k], signed) for k, signed in keys}
         u = -g if maximize else g
         for i, kernel in enumerate(kernels):
             u = kernel(u, p, s, cs[i])
@@ -173,9 +179,8 @@ def _quantized_chain(kernels: tuple[Callable, ...], maximize: bool, keys: tuple[
             raise Unsupported("a kernel added a state tensor")
         inside = torch.arange(block, device=g.device) < valid[:, None]  # the padding of each parameter reads 0
         for k, signed in keys:
-            rows = torch.where(inside, s[k].view(-1, block), 0.0)
-            new_codes, new_absmax = quantize.quantize_rows(rows, signed)
-            codes[k].copy_(new_codes.view(-1))
+            new_codes, new_absmax = quantize.quantize_rows(torch.where(inside, s[k], 0.0), signed)
+            codes[k].copy_(new_codes)
             absmax[k].copy_(new_absmax)
 
     return run_chain_quantized
@@ -278,8 +283,12 @@ def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
     slots = holder.slots.get(fkey)
     if slots is None:
         slots = holder.slots[fkey] = coefficient_slots(pattern, *key)
+    quantize = _quantize()
+    for _, signed in layout.keys:  # filled before tracing, the tables are constants of the graph
+        quantize._lookup(signed, key[1])
+        quantize._magnitude_tables(signed, key[1])
     try:
-        fn(layout.grad, layout.param, layout.codes, layout.absmax, layout.valid, fill(slots, values))
+        fn(layout.grad_rows, layout.param_rows, layout.code_rows, layout.absmax, layout.valid, fill(slots, values))
     except Exception as error:  # tracing or compiling failed: nothing was written yet
         holder.functions[fkey] = None
         first_line = (str(error).strip().splitlines() or [""])[0][:200]

@@ -152,10 +152,13 @@ def quantize_rows(rows: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     """`quantize` of float32 `rows` shaped (blocks, block), one block a row: (uint8 codes of that shape,
     float32 absmax per row). The arithmetic of every 8-bit path (eager, per-parameter and flat compiled)."""
     absmax = rows.abs().amax(dim=1)
-    finite = torch.isfinite(rows).all(dim=1)
+    finite = torch.isfinite(absmax)  # amax propagates NaN, and an infinity is the max: the block is finite
     absmax = torch.where(finite, absmax, torch.full_like(absmax, float("nan")))
     scale = torch.where(finite & (absmax > 0), absmax, torch.ones_like(absmax))
-    normalized = torch.nan_to_num(rows / scale[:, None], nan=0.0, posinf=1.0, neginf=-1.0).clamp_(-1.0, 1.0)
+    normalized = rows / scale[:, None]
+    # NaN -> 0, +-inf -> +-1 (only in blocks that are not finite, whose scale is 1): what torch.nan_to_num and the
+    # clamp do, in a form torch.compile's CPU code runs about twice as fast
+    normalized = torch.where(torch.isnan(normalized), 0.0, normalized).clamp_(-1.0, 1.0)
     return _nearest_codes(normalized, signed).to(torch.uint8), absmax
 
 
