@@ -16,6 +16,12 @@ Per-group hyper-parameters it adds:
 
 With the defaults (32 bits, no dtype) the option does nothing and the state is exactly torch's.
 
+With compile=True and an elementwise chain (AdamW, AdaBelief, Adan, ...), the float32 parameters of a group that
+keep 8-bit state are updated in one compiled call per bucket: dequantize, chain, quantize over flat buffers that
+the parameters and their codes are views of (`gradwise.core.compiled_state`). The codes are the eager step's,
+except that inductor's fused float arithmetic may differ from eager's by an ulp, so a value on the edge between
+two codes may (rarely) round to the neighbouring one.
+
 Checkpoints convert both ways (see `gradwise.state.storage` for the error bounds): `load_state_dict` restores
 the saved groups' options, so after loading an 8-bit checkpoint set `group["state_bits"] = 32` to continue in
 32 bits (the codes become floats before the next step, exactly), or set 8 after loading a 32-bit one (the
