@@ -84,7 +84,9 @@ def summarize(out: str | Path | None = None, storage: str | None = None) -> dict
         where = [i for i, p in enumerate(problems) if p["kind"] == kind]
         scores = {o: analysis.score([ratios[o][i] for i in where]) for o in results.optimizers}
         best_first = sorted(scores, key=lambda o: (-scores[o], o))
-        kinds[kind] = [{"optimizer": o, "score": _number(scores[o])} for o in best_first]
+        kinds[kind] = [{"optimizer": o, "score": _number(scores[o]),
+                        "on_target": sum(math.isfinite(ratios[o][i]) for i in where), "problems": len(where)}
+                       for o in best_first]
     environment = next(iter(results.environments.values()), {})
     return {
         "format": FORMAT,
@@ -122,7 +124,8 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def _names(rows: list[dict[str, Any]], n: int = 3) -> str:
-    return ", ".join(f"`{r['optimizer']}` ({r['score']:.2f})" for r in rows[:n])
+    return ", ".join(f"`{r['optimizer']}` ({r['score']:.2f}, on target on {r['on_target']} of {r['problems']})"
+                     for r in rows[:n])
 
 
 def render(data: dict[str, Any]) -> str:
@@ -145,9 +148,7 @@ def render(data: dict[str, Any]) -> str:
             "no optimizer reached the target within 4x of the fastest")
         lines.append(f"- **{label}** ({', '.join(f'`{n}`' for n in names)}): {best}.")
     best = data["overall"][:3]
-    lines += ["", "Across every problem of the study the highest profile scores were "
-              + ", ".join(f"`{r['optimizer']}` ({r['score']:.2f}, on target on {r['on_target']} of "
-                          f"{r['problems']})" for r in best) + ".", ""]
+    lines += ["", f"Across every problem of the study the highest profile scores were {_names(best)}.", ""]
     lines += ["## Overall", "",
               "Performance-profile score (1.0: fastest to the target on every problem; 0.0: never within 4x of "
               "the fastest), problems on target, and median rank by final target metric.", "",
