@@ -171,6 +171,19 @@ def test_parameters_without_a_gradient_leave_the_bucket_and_keep_their_state():
     assert sorted(len(layout.members) for layout in layouts(opt)) == [1, 3]
 
 
+def test_a_non_contiguous_parameter_runs_per_parameter_and_the_others_stay_flat():
+    eager_params, flat_params = parameters(shapes=BIG), parameters(shapes=BIG)
+    for params in (eager_params, flat_params):
+        params[0] = params[0].detach().t().requires_grad_()  # (30, 40), not contiguous
+    eager, flat = make("adamw", eager_params), make("adamw", flat_params, compile="eager")
+    run(eager, eager_params, 3)
+    run(flat, flat_params, 3)
+    (layout,) = layouts(flat)
+    assert len(layout.members) == 3 and all(p is not flat_params[0] for p in layout.members)
+    assert_same_state(eager, flat)
+    assert_same_params(eager_params, flat_params)
+
+
 def test_eligibility_needs_one_step_count_and_scales_that_fit_the_block():
     params = parameters()[:2]
     states = [{"step": torch.tensor(float(i)), "exp_avg_sq": torch.zeros(p.shape, dtype=torch.uint8),

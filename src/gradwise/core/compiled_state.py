@@ -244,7 +244,7 @@ def _lay_out(optimizer: Any, big: list[Tensor], chain: tuple, storage: Any,
             optimizer._init_state(p, st, chain)
             storage.init(p, st)
         step = st["step"]
-        if isinstance(step, Tensor) and step.numel() == 1:
+        if isinstance(step, Tensor) and step.numel() == 1 and p.is_contiguous():  # a transposed view: alone
             by_step.setdefault(float(step), []).append(p)
         else:
             left.append(p)
