@@ -13,6 +13,7 @@ import gradwise as gw
 from gradwise.core import engine
 from gradwise.core.engine import EngineOption
 from gradwise.core.registry import entry
+from gradwise.core.segments import segment_layout
 
 NAMES = gw.available()
 STEPS = 5
@@ -117,18 +118,28 @@ def test_kernels_with_tensor_coefficients_match_the_eager_step(name, option):
 OPTIMIZERS = [n for n in NAMES if entry(n).kind == "optimizer"]
 
 
+FLAT_OPTIONS = {"default": {}, "cautious": {"cautious": True}, "cautious_mean": {"cautious": "mean"}}
+
+
+@pytest.mark.parametrize("option", list(FLAT_OPTIONS))
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_elementwise_chains_run_on_a_flat_buffer(name):
+def test_elementwise_chains_run_on_a_flat_buffer(name, option):
+    # segmented transforms (the cautious mask) reduce per parameter through gradwise.core.segments, which
+    # the flat state dict tells where each parameter lies
     chains = []
     with kernels_with_tensor_coefficients(chains):
-        run_step(make(name, params(), {}), 0)
+        run_step(make(name, params(), FLAT_OPTIONS[option]), 0)
     chain = chains[0]
-    if not all(tr.elementwise for tr in chain):
-        pytest.skip(f"{name}'s chain has a transform that is not elementwise")
+    if not all(tr.elementwise or tr.segmented for tr in chain):
+        pytest.skip(f"{name}'s chain has a transform that is neither elementwise nor segmented")
+    if option != "default":
+        assert any(tr.segmented for tr in chain)
     separate = [p.detach().clone() for p in params()[:2]]
     flat = torch.cat([p.reshape(-1) for p in separate])
     states = [{} for _ in separate]
-    flat_state: dict = {}
+    sizes = [p.numel() for p in separate]
+    segments = segment_layout(sizes, [0, sizes[0]], sum(sizes), flat.device)
+    flat_state: dict = dict(segments) if any(tr.segmented for tr in chain) else {}
     for tr in chain:
         for p, st in zip(separate, states, strict=True):
             st.update(tr.init(p))
@@ -144,6 +155,8 @@ def test_elementwise_chains_run_on_a_flat_buffer(name):
                 u = g
                 for tr in chain:
                     u = tr.kernel(u, p, st, tr.coefficients(float(step)))
+    for key in segments:
+        flat_state.pop(key, None)
     torch.testing.assert_close(flat, torch.cat([p.reshape(-1) for p in separate]), rtol=1e-13, atol=1e-15)
     assert flat_state.keys() == states[0].keys()
     for key, value in flat_state.items():

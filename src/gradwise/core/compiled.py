@@ -45,6 +45,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .segments import KEYS as SEGMENT_KEYS
+from .segments import segment_layout
+
 BACKENDS = ("inductor", "aot_eager", "eager")
 COMPILE_CHOICES = (False, True, *BACKENDS)
 MAX_SIGNATURES = 8  # distinct chain structures per param group before the group runs eagerly
@@ -68,7 +71,7 @@ class Unsupported(Exception):
 
 # -- the structural key of a chain --------------------------------------------------------------------------
 def chain_signature(chain: Sequence[Any]) -> tuple:
-    return tuple((_value_key(tr.kernel, frozenset()), tr.elementwise) for tr in chain)
+    return tuple((_value_key(tr.kernel, frozenset()), tr.elementwise, tr.segmented) for tr in chain)
 
 
 def _value_key(v: Any, seen: frozenset[int]) -> Any:
@@ -191,6 +194,8 @@ class FlatLayout:
         keys = [k for k in states[0] if k != "step"]
         self.members = members
         self.offsets = offsets
+        self.sizes = sizes
+        self._segments: dict[str, Tensor] | None = None
         self.states = states
         self.t = t
         self.param = torch.zeros(total, dtype=dtype, device=device)
@@ -205,7 +210,7 @@ class FlatLayout:
             view.copy_(p.detach())
             p.data = view
             g = self.grad[off : off + n].view(p.shape)
-            g.copy_(p.grad)
+            g.copy_(p.grad)  # type: ignore[arg-type]  # members have gradients
             p.grad = g
             self.grads.append(g)
             for k in keys:
@@ -216,6 +221,13 @@ class FlatLayout:
             st["step"] = self.steps[i]
             self.views["step"].append(st["step"])
         self.ptrs = [p.data_ptr() for p in members]
+
+    def segments(self) -> dict[str, Tensor]:
+        """The per-element parameter index and per-parameter sizes that `gradwise.core.segments` reduces by
+        (built on first use: only chains with a segmented transform need them)."""
+        if self._segments is None:
+            self._segments = segment_layout(self.sizes, self.offsets, self.param.numel(), self.param.device, ALIGN)
+        return self._segments
 
     def keep_new_state(self, buffers: dict[str, Tensor]) -> None:
         """Hand the tensors a kernel put in the flat state dict to each parameter's state, as views."""
@@ -275,7 +287,7 @@ class FlatLayout:
             return
         pairs = [(p, view) for p, view in zip(self.members, self.grads, strict=True) if p.grad is not view]
         # one call copies them all (after zero_grad(set_to_none=True), every gradient is new each step)
-        torch._foreach_copy_([view for _, view in pairs], [p.grad for p, _ in pairs])
+        torch._foreach_copy_([view for _, view in pairs], [p.grad for p, _ in pairs])  # type: ignore[misc]
         for p, view in pairs:
             p.grad = view
 
@@ -358,7 +370,7 @@ class CompiledStep:
             ):  # every parameter has a new gradient (zero_grad(set_to_none=True), backward): copy them in
                 for buckets in last.plan.values():
                     for _, layout in buckets.values():
-                        layout.attach_grads()
+                        layout.attach_grads()  # type: ignore[union-attr]  # a plan is kept when complete
                 last.grads = list(map(_grad_of, last.params))
                 self._plan = (last.work, last.plan)
                 return last.work
@@ -374,9 +386,9 @@ class CompiledStep:
             or not all(map(operator.is_, state.values(), last.values))
         ):
             return False
-        for gi, buckets in last.plan.items():
+        for gi, buckets in (last.plan or {}).items():  # callers check that last.plan is not None
             for key, (_, layout) in buckets.items():
-                if self.layouts.get((gi, key)) is not layout or not layout.still_in_place():
+                if layout is None or self.layouts.get((gi, key)) is not layout or not layout.still_in_place():
                     return False
         return True
 
@@ -415,13 +427,14 @@ class CompiledStep:
         """The engine's check, with one reduction per flat gradient buffer instead of one per tensor."""
         if self._plan is None or self._plan[0] is not work:
             self.begin(work)
-        grads = []
+        assert self._plan is not None  # begin sets it
+        grads: list[Tensor] = []
         for buckets in self._plan[1].values():
             for members, layout in buckets.values():
                 if layout is not None:
                     grads.append(layout.grad)
                 else:
-                    grads.extend(p.grad for p in members if p.grad.numel() > 0)
+                    grads.extend(p.grad for p in members if p.grad is not None and p.grad.numel() > 0)
         grads = [g for g in grads if g.numel() > 0]
         if not grads:
             return True
@@ -458,11 +471,11 @@ class CompiledStep:
             buckets = {}
             for p in params:
                 buckets.setdefault((p.dtype, p.device), ([], None))[0].append(p)
-        for stale in [k for k, layout in self.layouts.items() if k[0] == gi and k[1] not in buckets]:
-            layout = self.layouts[stale]
-            if any(p.data_ptr() != ptr for p, ptr in zip(layout.members, layout.ptrs, strict=True)):
+        for stale in [k for k in self.layouts if k[0] == gi and k[1] not in buckets]:
+            old = self.layouts[stale]
+            if any(p.data_ptr() != ptr for p, ptr in zip(old.members, old.ptrs, strict=True)):
                 del self.layouts[stale]  # its parameters moved (model.to): free the old buffers
-        flat = storage is None and all(tr.elementwise for tr in chain)
+        flat = storage is None and all(tr.elementwise or tr.segmented for tr in chain)
         rest: list[Tensor] = []
         for key, (members, layout) in buckets.items():
             if flat and self._run_flat(gi, key, members, layout, chain, signature):
@@ -486,7 +499,8 @@ class CompiledStep:
         if (gi, reason) in self.warned:
             return
         self.warned.add((gi, reason))
-        frame, level = sys._getframe(0), 1
+        frame: types.FrameType | None = sys._getframe(0)
+        level = 1
         while frame is not None and any(part in frame.f_code.co_filename for part in _INTERNAL):
             frame, level = frame.f_back, level + 1
         name = type(self.optimizer).__name__
@@ -538,8 +552,14 @@ class CompiledStep:
         if slots is None:
             slots = self.slots[fkey] = coefficient_slots(pattern, *key)
         buffers = dict(layout.state)
-        if not self._call(fkey, gi, fn, (layout.grad, layout.param, layout.state, fill(slots, values))):
+        segmented = any(tr.segmented for tr in chain)
+        s = {**layout.state, **layout.segments()} if segmented else layout.state
+        if not self._call(fkey, gi, fn, (layout.grad, layout.param, s, fill(slots, values))):
             return False
+        if segmented:
+            for k in SEGMENT_KEYS:
+                s.pop(k, None)
+            layout.state = s
         if len(layout.state) != len(buffers) or any(layout.state.get(k) is not v for k, v in buffers.items()):
             # a kernel replaced or added a state tensor instead of updating in place
             layout.keep_new_state(buffers)

@@ -55,7 +55,9 @@ class Transform(NamedTuple):
     therefore captures no numbers (only state keys, flags and other kernels) and branches on a
     coefficient with `torch.where`, never with `if`. `elementwise=True` says the kernel treats every
     element on its own (no reduction over the tensor, no shape-dependent state), so that the compiled
-    engine may run it over many parameters concatenated into one flat buffer.
+    engine may run it over many parameters concatenated into one flat buffer. `segmented=True` says the
+    same of a kernel whose only reductions over the tensor go through `gradwise.core.segments` (per
+    parameter, also on a flat buffer).
     """
 
     update: UpdateFn
@@ -64,6 +66,7 @@ class Transform(NamedTuple):
     coefficients: CoefficientsFn | None = None
     kernel: KernelFn | None = None
     elementwise: bool = False
+    segmented: bool = False
 
 
 def no_coefficients(t: float) -> tuple[()]:
@@ -77,6 +80,7 @@ def kernel_transform(
     *,
     writes: bool = False,
     elementwise: bool = False,
+    segmented: bool = False,
 ) -> Transform:
     """A transform in the split form the compiled engine runs (see `Transform`); its eager `update` is
     `kernel(u, p, s, coefficients(t))`."""
@@ -84,7 +88,7 @@ def kernel_transform(
     def update(u: Tensor, p: Tensor, s: State, t: float) -> Tensor:
         return kernel(u, p, s, coefficients(t))
 
-    return Transform(update, init, writes, coefficients, kernel, elementwise)
+    return Transform(update, init, writes, coefficients, kernel, elementwise, segmented)
 
 
 class Storage(Protocol):

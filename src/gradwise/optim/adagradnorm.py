@@ -78,7 +78,7 @@ class AdaGradNorm(ChainOptimizer):
     _sq_norm: Tensor | None = None
 
     def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
-        grads = [p.grad for _, params in work for p in params]
+        grads = [p.grad for _, params in work for p in params if p.grad is not None]  # all: work has gradients
         if not grads:
             self._sq_norm = None
             return

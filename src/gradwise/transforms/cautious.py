@@ -11,9 +11,11 @@ lets it write, and keeps delta = p_after - p_before where delta g < 0 (rescaled 
 and other transforms outside the step stay unmasked, as in the paper's C-AdamW. g is the update that
 enters the chain, after clipping and Grokfast when those options are on.
 
-The masked chain is one transform (not elementwise: the mask's sum is a reduction) whose kernel runs the
-chain's kernels in turn, keeping g in a local variable; its coefficients are those of the chain's
-transforms, concatenated.
+The masked chain is one transform whose kernel runs the chain's kernels in turn, keeping g in a local
+variable; its coefficients are those of the chain's transforms, concatenated. The mask's sum (or mean) is a
+reduction per parameter, taken through `gradwise.core.segments`: when every transform of the chain is
+elementwise (or segmented itself), the masked transform is `segmented` and the compiled engine runs it on
+its flat buffers.
 
 Liang, Chen, Liu & Liu, "Cautious Optimizers: Improving Training with One Line of Code", 2024,
 arXiv:2411.16085.
@@ -31,16 +33,19 @@ from torch import Tensor
 
 from ..core import OneOf, Transform, kernel_transform
 from ..core.engine import EngineOption, extend
+from ..core.segments import segment_mean, segment_numel, segment_sum
 
 MEAN_FLOOR = 1e-3
 
 
-def cautious_mask(delta: Tensor, grad: Tensor, mode: bool | str) -> Tensor:
-    """The rescaled mask of the coordinates where the step -delta points along the gradient."""
+def cautious_mask(delta: Tensor, grad: Tensor, mode: bool | str, s: dict | None = None) -> Tensor:
+    """The rescaled mask of the coordinates where the step -delta points along the gradient (per parameter
+    when `s` marks a flat buffer of several, see gradwise.core.segments)."""
+    s = {} if s is None else s
     mask = (delta * grad < 0).to(delta.dtype)
     if mode == "mean":
-        return mask / mask.mean().clamp(min=MEAN_FLOOR)
-    return mask * (mask.numel() / (mask.sum() + 1))
+        return mask / segment_mean(mask, s).clamp(min=MEAN_FLOOR)
+    return mask * (segment_numel(mask, s) / (segment_sum(mask, s) + 1))
 
 
 def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform, ...]:
@@ -56,17 +61,20 @@ def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform,
 
     if any(tr.kernel is None for tr in chain):  # a transform not yet split: the unsplit form, eager only
         return (Transform(_masked_updates(chain, mode), init, writes=True),)
+    coefficient_fns = tuple(tr.coefficients for tr in chain if tr.coefficients is not None)
+    if len(coefficient_fns) != len(chain):  # kernel_transform always sets both
+        raise RuntimeError("cautious: a transform has a kernel but no coefficients")
     # the length of each transform's coefficients is part of the chain's structure
-    ends = tuple(itertools.accumulate(len(tr.coefficients(1.0)) for tr in chain))
+    ends = tuple(itertools.accumulate(len(fn(1.0)) for fn in coefficient_fns))
     parts = tuple(zip((0, *ends[:-1]), ends, strict=True))
 
     def coefficients(t: float) -> tuple:
-        values = tuple(itertools.chain.from_iterable(tr.coefficients(t) for tr in chain))
+        values = tuple(itertools.chain.from_iterable(fn(t) for fn in coefficient_fns))
         if len(values) != ends[-1]:
             raise RuntimeError("cautious: a transform's number of coefficients changed with the step")
         return values
 
-    kernels = tuple(tr.kernel for tr in chain)
+    kernels = tuple(tr.kernel for tr in chain if tr.kernel is not None)  # all of them (checked above)
     writes = tuple(tr.writes for tr in chain)
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
@@ -78,7 +86,8 @@ def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform,
                 u = inner(u, p, s, c[start:end])
         return u
 
-    return (kernel_transform(kernel, coefficients, init, writes=True),)
+    segmented = all(tr.elementwise or tr.segmented for tr in chain)
+    return (kernel_transform(kernel, coefficients, init, writes=True, segmented=segmented),)
 
 
 def _masked(inner: Callable, u: Tensor, p: Tensor, s: dict, c: Any, grad: Tensor, mode: bool | str) -> Tensor:
@@ -86,7 +95,7 @@ def _masked(inner: Callable, u: Tensor, p: Tensor, s: dict, c: Any, grad: Tensor
     before = p.detach().clone(memory_format=torch.preserve_format)
     out = inner(u, p, s, c)
     delta = p - before
-    p.copy_(before.addcmul_(delta, cautious_mask(delta, grad, mode)))
+    p.copy_(before.addcmul_(delta, cautious_mask(delta, grad, mode, s)))
     return out
 
 

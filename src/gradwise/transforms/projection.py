@@ -61,6 +61,7 @@ def radial_projection(delta: float, wd_ratio: float, eps: float, decay: float = 
                 p.mul_(keep_plain)
             return u
         g, channels = p.grad, p.size(0)
+        assert g is not None  # the engine steps parameters that have a gradient
         by_channel = _looks_scale_invariant(g, p, channels, bound, eps)
         fired = by_channel | _looks_scale_invariant(g, p, 1, bound, eps)
         radial = torch.where(by_channel, _radial_part(u, p, channels, eps), _radial_part(u, p, 1, eps))

@@ -1,0 +1,146 @@
+"""Per-parameter (segment) reductions: on a flat buffer they equal the reductions of each tensor, and the
+chains that use them (the cautious mask) run compiled on the flat path with eager's numbers, across every
+re-gather of the buffers (load_state_dict, a new param group, a parameter without gradient)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import gradwise as gw
+from gradwise.core.compiled import ALIGN
+from gradwise.core.segments import (
+    SEGMENT_IDS,
+    segment_layout,
+    segment_mean,
+    segment_norm,
+    segment_numel,
+    segment_sum,
+)
+
+SHAPES = [(4, 3), (5,), (1,), (3, 3, 2)]
+
+
+def test_segment_reductions_on_a_flat_buffer_equal_per_tensor_reductions():
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(s, generator=g, dtype=torch.float64) for s in SHAPES]
+    sizes = [t.numel() for t in tensors]
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += -(-n // ALIGN) * ALIGN
+    flat = torch.randn(total, generator=g, dtype=torch.float64) * 100  # padding holds garbage: ignored
+    for t, off, n in zip(tensors, offsets, sizes, strict=True):
+        flat[off : off + n] = t.reshape(-1)
+    for block in (ALIGN, 1):  # blocks of ALIGN elements as the engine lays them out, and single elements
+        s = segment_layout(sizes, offsets, total, flat.device, block)
+        assert s[SEGMENT_IDS].shape == (total // block,)
+        check_reductions(flat, tensors, offsets, s)
+    # eager: exactly the plain reductions, bit for bit
+    t = tensors[0]
+    assert torch.equal(segment_sum(t, {}), t.sum()) and torch.equal(segment_mean(t, {}), t.mean())
+    assert torch.equal(segment_norm(t, {}), torch.linalg.vector_norm(t)) and segment_numel(t, {}) == t.numel()
+
+
+def check_reductions(flat, tensors, offsets, s):
+    for reduce in (segment_sum, segment_mean, segment_norm, segment_numel):
+        whole = reduce(flat, s)
+        assert whole.shape == flat.shape
+        for t, off in zip(tensors, offsets, strict=True):
+            n = t.numel()
+            expected = torch.as_tensor(reduce(t, {}), dtype=torch.float64)
+            assert expected.dim() == 0  # eager: the plain reduction of the tensor
+            torch.testing.assert_close(whole[off : off + n], expected.expand(n), rtol=1e-13, atol=1e-13)
+
+
+def make_params(dtype=torch.float64, shapes=SHAPES, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in shapes]
+
+
+def backward(params, k, skip=()):
+    sum((torch.sin(p * (1 + k % 3 + i)) * p).sum() for i, p in enumerate(params) if i not in skip).backward()
+
+
+def train(opt, params, steps, start=0, skip=None):
+    for k in range(start, start + steps):
+        opt.zero_grad()
+        backward(params, k, (skip or {}).get(k, ()))
+        opt.step()
+
+
+def assert_close(actual, expected, rtol):
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a.detach(), e.detach(), rtol=rtol, atol=rtol)
+
+
+CAUTIOUS = [("cadamw", {}), ("clion", {}), ("cadopt", {}), ("cademamix", {}), ("adamw", {"cautious": "mean"}),
+            ("adan", {"cautious": True})]
+
+
+@pytest.mark.parametrize(("name", "options"), CAUTIOUS)
+def test_cautious_chains_run_flat_and_match_eager_across_regathers(name, options):
+    params, eager = make_params(), make_params()
+    opt = gw.create(name, params, lr=1e-2, compile="eager", **options)
+    ref = gw.create(name, eager, lr=1e-2, **options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*runs eagerly")
+        train(opt, params, 4)
+        train(ref, eager, 4)
+        assert opt._compiled.layouts, "the cautious chain did not run on the flat path"
+        assert_close(params, eager, 1e-12)
+        opt.load_state_dict(opt.state_dict())  # gathered again from the loaded state
+        train(opt, params, 3, start=4)
+        train(ref, eager, 3, start=4)
+        assert opt._compiled.layouts
+        assert_close(params, eager, 1e-12)
+        extra, extra_eager = make_params(seed=1, shapes=[(2, 2), (3,)]), make_params(seed=1, shapes=[(2, 2), (3,)])
+        opt.add_param_group({"params": extra, "lr": 3e-3})
+        ref.add_param_group({"params": extra_eager, "lr": 3e-3})
+        train(opt, params + extra, 3, start=7)
+        train(ref, eager + extra_eager, 3, start=7)
+        assert {key[0] for key in opt._compiled.layouts} == {0, 1}
+        assert_close(params + extra, eager + extra_eager, 1e-12)
+        # a parameter without gradient: the bucket is gathered again without it (its step count then
+        # drifts from the others', which sends the bucket to the per-parameter path)
+        skip = {10: (1,)}
+        train(opt, params + extra, 3, start=10, skip=skip)
+        train(ref, eager + extra_eager, 3, start=10, skip=skip)
+    assert_close(params + extra, eager + extra_eager, 1e-12)
+    for p, q in zip(params + extra, eager + extra_eager, strict=True):
+        assert opt.state[p].keys() == ref.state[q].keys()
+        for key in ref.state[q]:
+            torch.testing.assert_close(opt.state[p][key], ref.state[q][key], rtol=1e-12, atol=1e-12)
+
+
+def test_cautious_mask_differs_per_parameter_on_the_flat_path():
+    # one parameter whose every coordinate is masked but one, one whose none is: a mask summed over the whole
+    # buffer instead of per parameter would rescale both wrongly
+    params, eager = make_params(shapes=[(50,), (3,)]), make_params(shapes=[(50,), (3,)])
+    opt = gw.create("cadamw", params, lr=1e-1, weight_decay=0.0, compile="eager")
+    ref = gw.create("cadamw", eager, lr=1e-1, weight_decay=0.0)
+    for k in range(4):
+        for ps, o in ((params, opt), (eager, ref)):
+            o.zero_grad()
+            grads = [torch.ones(50, dtype=torch.float64) * (1 if k % 2 else -1), torch.ones(3, dtype=torch.float64)]
+            grads[0][0] = 1.0
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g
+            o.step()
+    assert opt._compiled.layouts
+    assert_close(params, eager, 1e-12)
+
+
+@pytest.mark.slow
+def test_cautious_inductor_float32_matches_eager():
+    params, eager = make_params(torch.float32), make_params(torch.float32)
+    opt = gw.create("cadamw", params, lr=1e-2, compile=True)
+    ref = gw.create("cadamw", eager, lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*runs eagerly")
+        train(opt, params, 6)
+    train(ref, eager, 6)
+    assert opt._compiled.layouts
+    assert_close(params, eager, 1e-5)
