@@ -89,7 +89,7 @@ def load(storage: optuna.storages.BaseStorage) -> Results:
     meta = optuna.load_study(study_name=META_STUDY, storage=storage).user_attrs
     errors = meta.get("errors", {})
     environments = {k.removeprefix("environment "): v for k, v in meta.items() if k.startswith("environment ")}
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    existing = set(optuna.get_all_study_names(storage))  # names only: summaries read every study's best trial
     cells = {}
     for p in plan.problems:
         for o in plan.optimizers:

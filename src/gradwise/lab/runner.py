@@ -429,19 +429,26 @@ class Lab:
     stale_after: float = 1800.0
     threads: int | None = 1
 
-    def _study(self, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-        return optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
-                                   direction="minimize", sampler=sampler)
+    def __post_init__(self) -> None:
+        self._studies: dict[str, optuna.Study] = {}
+
+    def _study(self, name: str) -> optuna.Study:
+        """The study `name`, created the first time it is needed; kept, since opening one costs a failed INSERT
+        and several reads, and every poll of the plan opens two per (problem, optimizer)."""
+        if name not in self._studies:
+            self._studies[name] = optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True,
+                                                      direction="minimize")
+        return self._studies[name]
 
     def done_units(self) -> int:
         """How many trials and seed runs of the plan are already finished (for progress bars)."""
-        names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(self.storage)}
+        names = set(optuna.get_all_study_names(self.storage))  # names only: summaries read every study's best trial
         count = 0
         for p in self.plan.problems:
             for o in self.plan.optimizers:
                 for name, cap in ((self.plan.tune_study(p, o), self.plan.trials),
                                   (self.plan.seeds_study(p, o), self.plan.seeds)):
-                    if names.get(name):
+                    if name in names:
                         trials = self._study(name).get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                         count += min(cap, len(trials))
         return count
@@ -542,13 +549,18 @@ class Lab:
             optimizers = [o for o in self.plan.optimizers if o not in broken]
             skipped_units = len(broken) * len(self.plan.problems) * (self.plan.trials + self.plan.seeds)
             self.on_event("start", {"total": self.plan.units - skipped_units, "done": self.done_units()})
+            finished: set[tuple[str, str]] = set()  # pairs whose trials and seeds are all done: never polled again
             while True:
-                states = []
+                states: list[str] = []
                 for name in self.plan.problems:
                     prob = PROBLEMS[name]
                     for optimizer in optimizers:
-                        states.append(self.tune(prob, optimizer))
-                        states.append(self.evaluate(prob, optimizer))
+                        if (name, optimizer) in finished:
+                            continue
+                        pair = (self.tune(prob, optimizer), self.evaluate(prob, optimizer))
+                        if pair == ("done", "done"):
+                            finished.add((name, optimizer))
+                        states += pair
                 if all(s == "done" for s in states):
                     return
                 time.sleep(poll)  # other workers hold the remaining runs
