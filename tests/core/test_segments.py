@@ -1,6 +1,7 @@
 """Per-parameter (segment) reductions: on a flat buffer they equal the reductions of each tensor, and the
-chains that use them (the cautious mask) run compiled on the flat path with eager's numbers, across every
-re-gather of the buffers (load_state_dict, a new param group, a parameter without gradient)."""
+chains that use them (the cautious mask, AdamP/SGDP's radial projection) run compiled on the flat path with
+eager's numbers, across every re-gather of the buffers (load_state_dict, a new param group, a parameter
+without gradient)."""
 
 from __future__ import annotations
 
@@ -77,11 +78,15 @@ def assert_close(actual, expected, rtol):
 
 
 CAUTIOUS = [("cadamw", {}), ("clion", {}), ("cadopt", {}), ("cademamix", {}), ("adamw", {"cautious": "mean"}),
-            ("adan", {"cautious": True})]
+            ("adan", {"cautious": True}),
+            # the radial projection: sums over rows and parameters (delta=10: the test fires on every matrix)
+            ("adamp", {"delta": 10.0, "weight_decay": 0.1}), ("adamp", {"weight_decay": 0.1, "cautious": True}),
+            ("sgdp", {"delta": 10.0, "weight_decay": 0.1, "momentum": 0.9}),
+            ("sgdp", {"nesterov": True, "momentum": 0.9})]
 
 
 @pytest.mark.parametrize(("name", "options"), CAUTIOUS)
-def test_cautious_chains_run_flat_and_match_eager_across_regathers(name, options):
+def test_segmented_chains_run_flat_and_match_eager_across_regathers(name, options):
     params, eager = make_params(), make_params()
     opt = gw.create(name, params, lr=1e-2, compile="eager", **options)
     ref = gw.create(name, eager, lr=1e-2, **options)
@@ -89,7 +94,7 @@ def test_cautious_chains_run_flat_and_match_eager_across_regathers(name, options
         warnings.filterwarnings("error", message=".*runs eagerly")
         train(opt, params, 4)
         train(ref, eager, 4)
-        assert opt._compiled.layouts, "the cautious chain did not run on the flat path"
+        assert opt._compiled.layouts, "the chain did not run on the flat path"
         assert_close(params, eager, 1e-12)
         opt.load_state_dict(opt.state_dict())  # gathered again from the loaded state
         train(opt, params, 3, start=4)
@@ -134,10 +139,11 @@ def test_cautious_mask_differs_per_parameter_on_the_flat_path():
 
 
 @pytest.mark.slow
-def test_cautious_inductor_float32_matches_eager():
+@pytest.mark.parametrize(("name", "options"), [("cadamw", {}), ("adamp", {"delta": 10.0, "weight_decay": 0.1})])
+def test_segmented_inductor_float32_matches_eager(name, options):
     params, eager = make_params(torch.float32), make_params(torch.float32)
-    opt = gw.create("cadamw", params, lr=1e-2, compile=True)
-    ref = gw.create("cadamw", eager, lr=1e-2)
+    opt = gw.create(name, params, lr=1e-2, compile=True, **options)
+    ref = gw.create(name, eager, lr=1e-2, **options)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*runs eagerly")
         train(opt, params, 6)

@@ -13,7 +13,7 @@ import gradwise as gw
 from gradwise.core import engine
 from gradwise.core.engine import EngineOption
 from gradwise.core.registry import entry
-from gradwise.core.segments import segment_layout
+from gradwise.core.segments import row_layout, segment_layout
 
 NAMES = gw.available()
 STEPS = 5
@@ -139,6 +139,8 @@ def test_elementwise_chains_run_on_a_flat_buffer(name, option):
     states = [{} for _ in separate]
     sizes = [p.numel() for p in separate]
     segments = segment_layout(sizes, [0, sizes[0]], sum(sizes), flat.device)
+    if any(tr.segmented == "rows" for tr in chain):  # AdamP's projection: rows of the (4, 3) matrix too
+        segments.update(row_layout([p.shape for p in separate], [0, sizes[0]], sum(sizes), flat.device))
     flat_state: dict = dict(segments) if any(tr.segmented for tr in chain) else {}
     for tr in chain:
         for p, st in zip(separate, states, strict=True):
@@ -149,6 +151,7 @@ def test_elementwise_chains_run_on_a_flat_buffer(name, option):
             gradients(step, separate)
             grads = [p.grad for p in separate]
             u_flat = torch.cat([g.reshape(-1) for g in grads])
+            flat.grad = u_flat  # kernels that read p.grad (AdamP's projection) find the flat gradient
             for tr in chain:
                 u_flat = tr.kernel(u_flat, flat, flat_state, as_tensors(tr.coefficients(float(step))))
             for p, st, g in zip(separate, states, grads, strict=True):

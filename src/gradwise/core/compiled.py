@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .segments import KEYS as SEGMENT_KEYS
-from .segments import segment_layout
+from .segments import ROW_KEYS, row_layout, segment_layout
 
 BACKENDS = ("inductor", "aot_eager", "eager")
 COMPILE_CHOICES = (False, True, *BACKENDS)
@@ -202,6 +202,7 @@ class FlatLayout:
         self.offsets = offsets
         self.sizes = sizes
         self._segments: dict[str, Tensor] | None = None
+        self._rows: dict[str, Tensor] | None = None
         self.states = states
         self.t = t
         self.param = torch.zeros(total, dtype=dtype, device=device)
@@ -228,12 +229,18 @@ class FlatLayout:
             self.views["step"].append(st["step"])
         self.ptrs = [p.data_ptr() for p in members]
 
-    def segments(self) -> dict[str, Tensor]:
-        """The per-element parameter index and per-parameter sizes that `gradwise.core.segments` reduces by
-        (built on first use: only chains with a segmented transform need them)."""
+    def segments(self, rows: bool) -> dict[str, Tensor]:
+        """The per-block parameter index and per-parameter sizes that `gradwise.core.segments` reduces by,
+        with the rows of parameters of two or more dimensions if `rows` (built on first use: only chains with
+        a segmented transform need them)."""
+        total, device = self.param.numel(), self.param.device
         if self._segments is None:
-            self._segments = segment_layout(self.sizes, self.offsets, self.param.numel(), self.param.device, ALIGN)
-        return self._segments
+            self._segments = segment_layout(self.sizes, self.offsets, total, device, ALIGN)
+        if not rows:
+            return {k: v for k, v in self._segments.items() if k not in ROW_KEYS}
+        if self._rows is None:
+            self._rows = row_layout([p.shape for p in self.members], self.offsets, total, device)
+        return {**self._segments, **self._rows}
 
     def keep_new_state(self, buffers: dict[str, Tensor]) -> None:
         """Hand the tensors a kernel put in the flat state dict to each parameter's state, as views."""
@@ -563,11 +570,12 @@ class CompiledStep:
         if slots is None:
             slots = self.slots[fkey] = coefficient_slots(pattern, *key)
         buffers = dict(layout.state)
-        s = {**layout.state, **layout.segments()} if segmented else layout.state
+        rows = any(tr.segmented == "rows" for tr in chain)
+        s = {**layout.state, **layout.segments(rows)} if segmented else layout.state
         if not self._call(fkey, gi, fn, (layout.grad, layout.param, s, fill(slots, values))):
             return False
         if segmented:
-            for k in SEGMENT_KEYS:
+            for k in (*SEGMENT_KEYS, *ROW_KEYS):
                 s.pop(k, None)
             layout.state = s
         if len(layout.state) != len(buffers) or any(layout.state.get(k) is not v for k, v in buffers.items()):

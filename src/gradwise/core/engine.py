@@ -57,7 +57,8 @@ class Transform(NamedTuple):
     element on its own (no reduction over the tensor, no shape-dependent state), so that the compiled
     engine may run it over many parameters concatenated into one flat buffer. `segmented=True` says the
     same of a kernel whose only reductions over the tensor go through `gradwise.core.segments` (per
-    parameter, also on a flat buffer).
+    parameter, also on a flat buffer); `segmented="rows"`, of one that also reduces over the rows of
+    parameters of two or more dimensions (the segments' ROW_* tensors).
     """
 
     update: UpdateFn
@@ -66,7 +67,7 @@ class Transform(NamedTuple):
     coefficients: CoefficientsFn | None = None
     kernel: KernelFn | None = None
     elementwise: bool = False
-    segmented: bool = False
+    segmented: bool | str = False
 
 
 def no_coefficients(t: float) -> tuple[()]:
@@ -80,7 +81,7 @@ def kernel_transform(
     *,
     writes: bool = False,
     elementwise: bool = False,
-    segmented: bool = False,
+    segmented: bool | str = False,
 ) -> Transform:
     """A transform in the split form the compiled engine runs (see `Transform`); its eager `update` is
     `kernel(u, p, s, coefficients(t))`."""

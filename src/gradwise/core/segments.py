@@ -94,3 +94,50 @@ def segment_layout(sizes: list[int], offsets: list[int], total: int, device: tor
             valid[first + count - 1] = size % block
     counts = torch.tensor([*sizes, 1], dtype=torch.float64)
     return {SEGMENT_IDS: ids.to(device), SEGMENT_VALID: valid.to(device), SEGMENT_SIZES: counts.to(device)}
+
+
+# -- rows: each parameter of two or more dimensions viewed as (size(0), -1) -----------------------------------
+ROW_IDS = "_row_ids"  # per element: its row (elements of other parameters and padding: an extra row, the last)
+ROW_PARAMS = "_row_params"  # per row: its parameter (the extra row: the extra index)
+ROW_LENGTHS = "_row_lengths"  # per parameter: the length of its rows (0 for parameters of fewer dimensions)
+ROW_KEYS = (ROW_IDS, ROW_PARAMS, ROW_LENGTHS)
+
+
+def row_layout(shapes: list[torch.Size], offsets: list[int], total: int, device: torch.device) -> dict[str, Tensor]:
+    """The ROW_* tensors of parameters of `shapes` at `offsets` in a flat buffer of `total` elements; empty when
+    no parameter has two or more dimensions (a kernel then treats every parameter as a vector)."""
+    matrices = [i for i, shape in enumerate(shapes) if len(shape) >= 2 and shape.numel() > 0]
+    if not matrices:
+        return {}
+    row_count = sum(shapes[i][0] for i in matrices)
+    ids = torch.full((total,), row_count, dtype=torch.int64)
+    params = torch.full((row_count + 1,), len(shapes), dtype=torch.int64)
+    lengths = torch.zeros(len(shapes) + 1, dtype=torch.float64)
+    first = 0
+    for i in matrices:
+        rows, n = shapes[i][0], shapes[i].numel()
+        ids[offsets[i] : offsets[i] + n] = torch.arange(first, first + rows).repeat_interleave(n // rows)
+        params[first : first + rows] = i
+        lengths[i] = n // rows
+        first += rows
+    return {ROW_IDS: ids.to(device), ROW_PARAMS: params.to(device), ROW_LENGTHS: lengths.to(device)}
+
+
+def row_sums(x: Tensor, s: dict[str, Any]) -> Tensor:
+    """Per row (ROW_IDS) of a flat buffer: the sum of x over the row, a tensor of one value per row."""
+    ids = s[ROW_IDS]
+    return torch.zeros(s[ROW_PARAMS].shape, dtype=x.dtype, device=x.device).index_add_(0, ids, x)
+
+
+def rows_to_params(per_row: Tensor, s: dict[str, Any], reduce: str) -> Tensor:
+    """One value per parameter from one per row: their "sum" or "amax" (over a parameter's rows; 0 for
+    parameters without rows)."""
+    out = torch.zeros(s[ROW_LENGTHS].shape, dtype=per_row.dtype, device=per_row.device)
+    if reduce == "sum":
+        return out.index_add_(0, s[ROW_PARAMS], per_row)
+    return out.scatter_reduce_(0, s[ROW_PARAMS], per_row, reduce, include_self=True)
+
+
+def params_to_elements(per_param: Tensor, x: Tensor, s: dict[str, Any]) -> Tensor:
+    """Each element's value of its parameter, from one value per parameter (SEGMENT_IDS' numbering)."""
+    return _per_element(per_param, x, s)

@@ -86,7 +86,9 @@ def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform,
                 u = inner(u, p, s, c[start:end])
         return u
 
-    segmented = all(tr.elementwise or tr.segmented for tr in chain)
+    segmented: bool | str = all(tr.elementwise or tr.segmented for tr in chain)
+    if segmented and any(tr.segmented == "rows" for tr in chain):
+        segmented = "rows"
     return (kernel_transform(kernel, coefficients, init, writes=True, segmented=segmented),)
 
 

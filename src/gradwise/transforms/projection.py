@@ -9,6 +9,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core import Transform, kernel_transform
+from ..core.segments import (
+    ROW_IDS,
+    ROW_LENGTHS,
+    SEGMENT_IDS,
+    SEGMENT_SIZES,
+    params_to_elements,
+    row_sums,
+    rows_to_params,
+)
 
 
 def _looks_scale_invariant(g: Tensor, p: Tensor, rows: int, delta: float, eps: float) -> Tensor:
@@ -56,6 +65,8 @@ def radial_projection(delta: float, wd_ratio: float, eps: float, decay: float = 
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         bound, keep_fired, keep_plain = c
+        if SEGMENT_IDS in s:  # the compiled flat path: many parameters in one buffer
+            return _flat_projection(u, p, s, c, eps, decays)
         if p.dim() < 2 or p.numel() == 0:
             if decays:
                 p.mul_(keep_plain)
@@ -74,4 +85,37 @@ def radial_projection(delta: float, wd_ratio: float, eps: float, decay: float = 
             p.mul_(keep)
         return u
 
-    return kernel_transform(kernel, coefficients)
+    return kernel_transform(kernel, coefficients, segmented="rows")
+
+
+def _flat_projection(u: Tensor, p: Tensor, s: dict, c: tuple, eps: float, decays: bool) -> Tensor:
+    """`radial_projection`'s kernel on a flat buffer (gradwise.core.segments): the same test and projection
+    per parameter, with the sums over rows and over parameters taken by index_add (equal to eager's within
+    rounding). Parameters of fewer than two dimensions (all of them when the layout has no ROW_IDS) keep u
+    and decay plainly."""
+    bound, keep_fired, keep_plain = c
+    if ROW_IDS not in s:
+        if decays:
+            p.mul_(keep_plain)
+        return u
+    g = p.grad
+    assert g is not None  # the flat buffer's gradient
+    gp, gg, pp, pu = (row_sums(x, s) for x in (g * p, g * g, p * p, p * u))
+    lengths = s[ROW_LENGTHS]
+    matrix = lengths > 0
+    cos_rows = gp.abs() / (gg.sqrt().clamp(min=eps) * pp.sqrt().clamp(min=eps))
+    by_channel = matrix & (rows_to_params(cos_rows, s, "amax") < bound / lengths.clamp(min=1).sqrt())
+    lgp, lgg, lpp, lpu = (rows_to_params(x, s, "sum") for x in (gp, gg, pp, pu))
+    cos_layer = lgp.abs() / (lgg.sqrt().clamp(min=eps) * lpp.sqrt().clamp(min=eps))
+    by_layer = matrix & (cos_layer < bound / s[SEGMENT_SIZES].to(cos_layer.dtype).sqrt())
+    fired = by_channel | by_layer
+    per_row = pu / (pp.sqrt() + eps) ** 2  # the radial part of u in a row: p * <p, u> / (||p|| + eps)^2
+    per_layer = lpu / (lpp.sqrt() + eps) ** 2
+    rows = s[ROW_IDS]
+    coefficient = torch.where(params_to_elements(by_channel, u, s), per_row[rows].view(u.shape),
+                              params_to_elements(per_layer, u, s))
+    fired_here = params_to_elements(fired, u, s)
+    u = torch.where(fired_here, u - p * coefficient, u)
+    if decays:  # the coefficients are 0-dim tensors here, float32 or wider (compiled) or numbers (tests)
+        p.mul_(torch.where(fired_here, keep_fired, keep_plain))
+    return u
