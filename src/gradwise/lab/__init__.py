@@ -9,11 +9,15 @@ Protocol
    A name may carry variants, "adamw+grokfast", "adamw+cautious", "adamw+8bit": the optimizer with that
    engine option on at its paper's defaults (8-bit: every state tensor quantised); the paper suite adds
    these three, which its claims need.
-2. Problems: small and offline (2-D test functions; the 1-D functions F1 and F3 of the diffGrad paper;
+2. Problems: small and offline (2-D test functions; the 1-D functions F1, F2 and F3 of the diffGrad paper;
    logistic regression, MLPs and a CNN on scikit-learn's bundled digits and breast-cancer sets, split once
    60/20/20 train/validation/test with a fixed seed; modular-addition grokking; a character-level
    transformer). Each is deterministic given a seed: the seed fixes the initialisation, the mini-batch
-   order and, for the test functions, a small jitter of the starting point.
+   order and, for the test functions, a small jitter of the starting point. The quick suite runs
+   shortened copies of the two digit networks (mlp-digits-quick: 120 steps, cnn-digits-quick: 100 steps
+   with its training loss measured on a fixed 256 training images; the full problems train 300 steps),
+   so that the whole suite costs about 30 CPU-seconds per optimizer (13 CPU-minutes for 27
+   optimizers); the standard and paper suites run the full problems.
 3. Equal tuning budget: for each (problem, optimizer), T trials of Optuna's TPE sampler (seeded; the
    first max(2, min(10, T // 3)) trials are random) over the problem's declared log-uniform
    learning-rate range, the same for every optimizer; with weight-decay tuning (suite standard) also
