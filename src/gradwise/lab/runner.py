@@ -549,18 +549,13 @@ class Lab:
             optimizers = [o for o in self.plan.optimizers if o not in broken]
             skipped_units = len(broken) * len(self.plan.problems) * (self.plan.trials + self.plan.seeds)
             self.on_event("start", {"total": self.plan.units - skipped_units, "done": self.done_units()})
-            finished: set[tuple[str, str]] = set()  # pairs whose trials and seeds are all done: never polled again
             while True:
                 states: list[str] = []
                 for name in self.plan.problems:
                     prob = PROBLEMS[name]
                     for optimizer in optimizers:
-                        if (name, optimizer) in finished:
-                            continue
-                        pair = (self.tune(prob, optimizer), self.evaluate(prob, optimizer))
-                        if pair == ("done", "done"):
-                            finished.add((name, optimizer))
-                        states += pair
+                        states.append(self.tune(prob, optimizer))
+                        states.append(self.evaluate(prob, optimizer))
                 if all(s == "done" for s in states):
                     return
                 time.sleep(poll)  # other workers hold the remaining runs
