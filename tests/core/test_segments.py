@@ -13,7 +13,12 @@ import torch
 import gradwise as gw
 from gradwise.core.compiled import ALIGN
 from gradwise.core.segments import (
+    ROW_IDS,
     SEGMENT_IDS,
+    row_layout,
+    row_sums,
+    rows_to_elements,
+    rows_to_params,
     segment_layout,
     segment_mean,
     segment_norm,
@@ -150,3 +155,41 @@ def test_segmented_inductor_float32_matches_eager(name, options):
     train(ref, eager, 6)
     assert opt._compiled.layouts
     assert_close(params, eager, 1e-5)
+
+
+@pytest.mark.parametrize("shapes", [[(5,), (20, 16), (8, 32), (3, 16, 2)], [(5,), (4, 3), (20, 16)]])
+def test_row_sums_per_block_or_per_element_equal_per_row_sums(shapes):
+    # rows of 16k elements: counted per block of ALIGN; a row of 3 anywhere: per element
+    tensors = make_params(shapes=shapes)
+    sizes = [t.numel() for t in tensors]
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += -(-n // ALIGN) * ALIGN
+    flat = torch.zeros(total, dtype=torch.float64)
+    for t, off, n in zip(tensors, offsets, sizes, strict=True):
+        flat[off : off + n] = t.detach().reshape(-1)
+    s = {**segment_layout(sizes, offsets, total, flat.device, ALIGN),
+         **row_layout([t.shape for t in tensors], offsets, total, flat.device, ALIGN)}
+    aligned = all(len(sh) < 2 or torch.Size(sh).numel() // sh[0] % ALIGN == 0 for sh in shapes)
+    assert s[ROW_IDS].shape == ((total // ALIGN) if aligned else total,)
+    per_row = rows_to_elements(row_sums(flat, s), flat, s)
+    for t, off, n in zip(tensors, offsets, sizes, strict=True):
+        if t.dim() >= 2:
+            expected = t.detach().reshape(t.size(0), -1).sum(1, keepdim=True).expand(t.size(0), n // t.size(0))
+            torch.testing.assert_close(per_row[off : off + n], expected.reshape(-1), rtol=1e-13, atol=1e-13)
+    row_counts = rows_to_params(torch.ones_like(row_sums(flat, s)), s, "sum")
+    assert [float(row_counts[i]) for i in range(len(shapes))] == [sh[0] if len(sh) >= 2 else 0 for sh in shapes]
+
+
+def test_projection_with_rows_per_block_runs_flat_and_matches_eager():
+    shapes = [(5,), (20, 16), (8, 32), (3, 16, 2)]
+    params, eager = make_params(shapes=shapes), make_params(shapes=shapes)
+    opt = gw.create("adamp", params, lr=1e-2, delta=10.0, weight_decay=0.1, compile="eager")
+    ref = gw.create("adamp", eager, lr=1e-2, delta=10.0, weight_decay=0.1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*runs eagerly")
+        train(opt, params, 4)
+    train(ref, eager, 4)
+    assert opt._compiled.layouts
+    assert_close(params, eager, 1e-12)

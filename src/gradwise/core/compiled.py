@@ -57,7 +57,11 @@ ALIGN = 16  # elements: each view in a flat buffer starts on a 64-byte boundary 
 # reduction and by the final write) then costs a parameter-sized allocation every step, which the OS faults in
 # page by page (half the step's time on 100 x 100k). Recomputed from the updated state instead, its producer
 # also fuses into the reduction's loop: 2 passes over memory, no allocation (cadamw 100 x 100k: 57 -> 28 ms).
-SEGMENTED_INDUCTOR_OPTIONS: dict[str, str | int | bool | Callable] = {"realize_reads_threshold": 64}
+# Longer chains (cademamix) reach the threshold on the number of ops (30) instead (65 -> 33 ms).
+SEGMENTED_INDUCTOR_OPTIONS: dict[str, str | int | bool | Callable] = {
+    "realize_reads_threshold": 64,
+    "realize_opcount_threshold": 1000,
+}
 
 _names = itertools.count()
 _grad_of = operator.attrgetter("grad")
@@ -239,7 +243,7 @@ class FlatLayout:
         if not rows:
             return {k: v for k, v in self._segments.items() if k not in ROW_KEYS}
         if self._rows is None:
-            self._rows = row_layout([p.shape for p in self.members], self.offsets, total, device)
+            self._rows = row_layout([p.shape for p in self.members], self.offsets, total, device, ALIGN)
         return {**self._segments, **self._rows}
 
     def keep_new_state(self, buffers: dict[str, Tensor]) -> None:

@@ -97,26 +97,32 @@ def segment_layout(sizes: list[int], offsets: list[int], total: int, device: tor
 
 
 # -- rows: each parameter of two or more dimensions viewed as (size(0), -1) -----------------------------------
-ROW_IDS = "_row_ids"  # per element: its row (elements of other parameters and padding: an extra row, the last)
+ROW_IDS = "_row_ids"  # per block: its row (blocks of other parameters and padding: an extra row, the last)
 ROW_PARAMS = "_row_params"  # per row: its parameter (the extra row: the extra index)
 ROW_LENGTHS = "_row_lengths"  # per parameter: the length of its rows (0 for parameters of fewer dimensions)
 ROW_KEYS = (ROW_IDS, ROW_PARAMS, ROW_LENGTHS)
 
 
-def row_layout(shapes: list[torch.Size], offsets: list[int], total: int, device: torch.device) -> dict[str, Tensor]:
+def row_layout(shapes: list[torch.Size], offsets: list[int], total: int, device: torch.device,
+               block: int = 16) -> dict[str, Tensor]:
     """The ROW_* tensors of parameters of `shapes` at `offsets` in a flat buffer of `total` elements; empty when
-    no parameter has two or more dimensions (a kernel then treats every parameter as a vector)."""
+    no parameter has two or more dimensions (a kernel then treats every parameter as a vector). Rows are
+    counted per block of `block` elements when every row, offset and the total allow it (each block then lies
+    in one row: one index_add per block, not per element), else per element."""
     matrices = [i for i, shape in enumerate(shapes) if len(shape) >= 2 and shape.numel() > 0]
     if not matrices:
         return {}
+    if total % block or any(offsets[i] % block or (shapes[i].numel() // shapes[i][0]) % block for i in matrices):
+        block = 1
     row_count = sum(shapes[i][0] for i in matrices)
-    ids = torch.full((total,), row_count, dtype=torch.int64)
+    ids = torch.full((total // block,), row_count, dtype=torch.int64)
     params = torch.full((row_count + 1,), len(shapes), dtype=torch.int64)
     lengths = torch.zeros(len(shapes) + 1, dtype=torch.float64)
     first = 0
     for i in matrices:
         rows, n = shapes[i][0], shapes[i].numel()
-        ids[offsets[i] : offsets[i] + n] = torch.arange(first, first + rows).repeat_interleave(n // rows)
+        start = offsets[i] // block
+        ids[start : start + n // block] = torch.arange(first, first + rows).repeat_interleave(n // rows // block)
         params[first : first + rows] = i
         lengths[i] = n // rows
         first += rows
@@ -126,7 +132,14 @@ def row_layout(shapes: list[torch.Size], offsets: list[int], total: int, device:
 def row_sums(x: Tensor, s: dict[str, Any]) -> Tensor:
     """Per row (ROW_IDS) of a flat buffer: the sum of x over the row, a tensor of one value per row."""
     ids = s[ROW_IDS]
-    return torch.zeros(s[ROW_PARAMS].shape, dtype=x.dtype, device=x.device).index_add_(0, ids, x)
+    partial = x.reshape(ids.shape[0], -1).sum(1)
+    return torch.zeros(s[ROW_PARAMS].shape, dtype=x.dtype, device=x.device).index_add_(0, ids, partial)
+
+
+def rows_to_elements(per_row: Tensor, x: Tensor, s: dict[str, Any]) -> Tensor:
+    """Each element's value of its row, from one value per row."""
+    ids = s[ROW_IDS]
+    return per_row[ids][:, None].expand(ids.shape[0], x.numel() // ids.shape[0]).reshape(x.shape)
 
 
 def rows_to_params(per_row: Tensor, s: dict[str, Any], reduce: str) -> Tensor:

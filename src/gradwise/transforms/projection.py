@@ -16,6 +16,7 @@ from ..core.segments import (
     SEGMENT_SIZES,
     params_to_elements,
     row_sums,
+    rows_to_elements,
     rows_to_params,
 )
 
@@ -111,8 +112,7 @@ def _flat_projection(u: Tensor, p: Tensor, s: dict, c: tuple, eps: float, decays
     fired = by_channel | by_layer
     per_row = pu / (pp.sqrt() + eps) ** 2  # the radial part of u in a row: p * <p, u> / (||p|| + eps)^2
     per_layer = lpu / (lpp.sqrt() + eps) ** 2
-    rows = s[ROW_IDS]
-    coefficient = torch.where(params_to_elements(by_channel, u, s), per_row[rows].view(u.shape),
+    coefficient = torch.where(params_to_elements(by_channel, u, s), rows_to_elements(per_row, u, s),
                               params_to_elements(per_layer, u, s))
     fired_here = params_to_elements(fired, u, s)
     u = torch.where(fired_here, u - p * coefficient, u)
