@@ -10,7 +10,9 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
 - Cache: one compiled function per (param group, dtype, device, path), keyed by the chain's structure:
   each kernel's code plus the contents of its closure, recursively. A kernel that captures a number puts it
   in the key, so a change of that number compiles again (and after MAX_SIGNATURES, the group runs eagerly).
-- Flat path, when every transform is elementwise, the group keeps plain state (no `state_bits`/`state_dtype`),
+- Flat path, when every transform is elementwise or segmented (its reductions per parameter go through
+  `gradwise.core.segments`, which the flat call's state dict tells where each parameter lies: the cautious
+  mask, AdamP's projection), the group keeps plain state (no `state_bits`/`state_dtype`),
   and the parameters of a (group, dtype, device) bucket that have a gradient this step are contiguous and
   share one step count: those parameters, their gradients and their state become views of one flat buffer
   each (`p.data`, `p.grad` and `state[p][key]` are re-pointed), and one compiled call updates the bucket.
