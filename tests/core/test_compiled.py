@@ -182,8 +182,33 @@ def test_kernel_capturing_an_object_falls_back():
 
     params = make_params()
     opt = Odd(params, compile="aot_eager")
-    with pytest.warns(UserWarning, match="captures a Holder"):
+    with pytest.warns(UserWarning, match=r"captures a .*Holder"):
         train(opt, params, 1)
+
+
+def test_a_fresh_captured_object_each_step_warns_once():
+    # the chain is built each step: an object made anew each time must not make a new warning each step
+    class Holder:
+        scale = 1.0
+
+    class Fresh(ChainOptimizer):
+        defaults = dict(lr=1e-2)
+
+        def chain(self, h):
+            holder = Holder()
+
+            def kernel(u, p, s, c):
+                p.add_(u * c[0] * holder.scale)
+                return u
+
+            return (gw.core.kernel_transform(kernel, lambda t: (-h.lr,), writes=True, elementwise=True),)
+
+    params = make_params()
+    opt = Fresh(params, compile="aot_eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(opt, params, 4)
+    assert len([w for w in caught if "runs eagerly" in str(w.message)]) == 1
 
 
 def test_flat_views_keep_the_model_and_its_gradients_working():

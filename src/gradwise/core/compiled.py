@@ -105,7 +105,9 @@ def _value_key(v: Any, seen: frozenset[int]) -> Any:
         return ("set", frozenset(_value_key(x, seen) for x in v))
     if isinstance(v, (type, types.BuiltinFunctionType, types.ModuleType, torch._ops.OpOverloadPacket)):
         return ("object", v)
-    raise Unsupported(f"a kernel captures a {type(v).__name__} ({v!r:.60}), which cannot key a compiled graph")
+    # the message names the type only: it keys the one-warning-per-reason set, and a repr may change each step
+    raise Unsupported(f"a kernel captures a {type(v).__module__}.{type(v).__qualname__}, which cannot key a "
+                      "compiled graph")
 
 
 def _cell_key(cell: Any, seen: frozenset[int]) -> Any:
