@@ -113,7 +113,8 @@ def test_lab_run_with_two_workers_does_every_run_once(tmp_path, monkeypatch):
         if summary.study_name == runner.META_STUDY:
             continue
         trials = optuna.load_study(study_name=summary.study_name, storage=store).get_trials(deepcopy=False)
-        assert all(t.state == TrialState.COMPLETE for t in trials)
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+        trials = [t for t in trials if t.state == TrialState.COMPLETE]  # a lost race leaves a FAIL trial
         expected = 4 if "/tune-" in summary.study_name else 3
         assert len(trials) == expected, summary.study_name
         owners |= {t.user_attrs["claim"]["owner"] for t in trials}

@@ -187,3 +187,34 @@ def test_optimizers_that_read_the_loss_get_it_from_the_lab(name):
     assert result.error is None and not result.diverged
     losses = [v for v in result.curve["loss"] if v is not None]
     assert losses[-1] < losses[0]
+
+
+def _tuning_history(store, plan):
+    history = {}
+    for p in plan.problems:
+        for o in plan.optimizers:
+            tune = sorted(complete(store, plan.tune_study(p, o)), key=lambda t: t.number)
+            seeds = sorted(complete(store, plan.seeds_study(p, o)), key=lambda t: t.user_attrs["claim"]["seed"])
+            history[(p, o)] = ([(t.params["lr"], t.value) for t in tune], [t.value for t in seeds])
+    return history
+
+
+def test_two_workers_tune_exactly_as_one_process_does(tmp_path):
+    """The tuned configuration must not depend on how many workers ran: two `lab worker` processes started
+    together on one plan give every pair the same tuning history (proposals and values) and the same seed
+    results as one process alone."""
+    plan = tiny_plan(optimizers=["adamw", "sgd", "lion"], trials=5, seeds=2)
+    alone = str(tmp_path / "alone.db")
+    run_lab(plan, f"sqlite:///{alone}")
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    store = open_storage(shared)
+    runner.save_plan(store, plan)
+    command = [sys.executable, "-m", "gradwise.cli", "lab", "worker", "--storage", shared, "--poll", "0.1"]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    for w in workers:
+        output = w.communicate(timeout=300)[0]
+        assert w.returncode == 0, output
+    owners = {t.user_attrs["claim"]["owner"] for p in plan.problems for o in plan.optimizers
+              for t in complete(store, plan.tune_study(p, o))}
+    assert _tuning_history(store, plan) == _tuning_history(open_storage(f"sqlite:///{alone}"), plan), owners

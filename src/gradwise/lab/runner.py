@@ -9,8 +9,10 @@ claimed before it runs (user attr "claim": owner host:pid, start time, seed) and
 finishes, so an interrupted lab loses at most the runs in flight: on restart, RUNNING trials whose owner
 process is gone (same host) or that started more than `stale_after` seconds ago (other hosts) are failed,
 and the work resumes with exactly the runs that have no COMPLETE trial. Several `lab worker` processes
-can share one storage: claims are ordered by trial number, so a budget is never exceeded and a seed is
-never run twice even when two workers race for it.
+can share one storage: a (problem, optimizer) pair's tuning trials run one at a time, in one worker at a
+time, so the tuner's history and the tuned configuration do not depend on the number of workers; claims are
+ordered by trial number, so a budget is never exceeded and a seed is never run twice even when two workers
+race for it.
 """
 
 from __future__ import annotations
@@ -466,16 +468,20 @@ class Lab:
             busy = [t for t in trials if t.state == TrialState.RUNNING]
             if len(done) >= budget:
                 return "done"
-            if len(done) + len(busy) >= budget:
+            if busy:
+                # One tuning trial at a time per (problem, optimizer): each proposal sees every earlier result,
+                # so the tuned configuration does not depend on how many workers ran or in which order
+                # (workers take other pairs meanwhile). Two workers proposing at once saw different histories.
                 return "busy"
             trial = _claim(study)
-            # Seeded by the study and the trial number (samplers draw lazily, at suggest time): the same
-            # history gives the same proposal, and two workers never share a random stream.
-            study.sampler = optuna.samplers.TPESampler(seed=_stable_seed(name, trial.number),
+            # Seeded by the study and the number of finished trials (samplers draw lazily, at suggest time):
+            # the same history gives the same proposal, whatever trials failed or raced before.
+            study.sampler = optuna.samplers.TPESampler(seed=_stable_seed(name, len(done)),
                                                        n_startup_trials=startup)
-            ahead = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if sum(t.number < trial.number for t in ahead) >= budget:  # another worker got there first
-                study.tell(trial, state=TrialState.FAIL)
+            now = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            finished = sum(t.state == TrialState.COMPLETE for t in now)
+            if finished != len(done) or any(t.number < trial.number and t.state == TrialState.RUNNING for t in now):
+                study.tell(trial, state=TrialState.FAIL)  # another worker claimed this pair first
                 return "busy"
             try:
                 params = {"lr": trial.suggest_float("lr", *prob.lr_range, log=True)}
