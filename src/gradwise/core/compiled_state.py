@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .compiled import Unsupported, _fresh, coefficient_pattern, coefficient_slots, fill
+from .compiled import Unsupported, _BucketViews, _fresh, coefficient_pattern, coefficient_slots, fill
 
 __all__ = ["QuantizedLayout", "run_quantized"]
 
 _names = itertools.count()
-_grad_of = operator.attrgetter("grad")
 
 
 def _storage() -> Any:
@@ -50,7 +48,7 @@ def _quantize() -> Any:
     return importlib.import_module("gradwise.state.quantize")
 
 
-class QuantizedLayout:
+class QuantizedLayout(_BucketViews):
     """One bucket's parameters, gradients, codes and block scales as views of flat buffers."""
 
     def __init__(self, members: list[Tensor], states: list[dict], keys: tuple[tuple[str, bool], ...], block: int,
@@ -136,28 +134,6 @@ class QuantizedLayout:
         if len(steps) != 1:
             return None
         return tuple((k, k not in storage.NON_NEGATIVE) for k in coded), steps.pop()
-
-    def matches(self, members: list[Tensor], state: dict) -> bool:
-        """Whether `members` are this layout's parameters, still views of its buffers, with its state."""
-        return (
-            len(members) == len(self.members)
-            and all(map(operator.is_, members, self.members))
-            and list(map(Tensor.data_ptr, members)) == self.ptrs
-            and all(map(operator.is_, map(state.get, members), self.states))
-            and all(
-                all(map(operator.is_, map(dict.get, self.states, itertools.repeat(k)), views))
-                for k, views in self.views.items()
-            )
-        )
-
-    def attach_grads(self) -> None:
-        """Make each p.grad the view of the flat gradient buffer, copying the gradients that are not."""
-        if all(map(operator.is_, map(_grad_of, self.members), self.grads)):
-            return
-        pairs = [(p, view) for p, view in zip(self.members, self.grads, strict=True) if p.grad is not view]
-        torch._foreach_copy_([view for _, view in pairs], [p.grad for p, _ in pairs])  # type: ignore[misc]
-        for p, view in pairs:
-            p.grad = view
 
 
 def _zero_code(signed: bool) -> int:
