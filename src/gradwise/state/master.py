@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ..core.engine import EngineOption, State, Transform, Work, extend, kernel_transform, no_coefficients
 from ..core.validation import Flag
-from .rounding import SEED, _mix, _Seeds, stochastic_round
+from .rounding import SEED, _Seeds, write_rounded
 
 __all__ = ["MASTER", "MASTER_WEIGHTS", "master_weight"]
 
@@ -131,9 +131,7 @@ def _close(stochastic: bool) -> Transform:
             return nearest(u, p, s, c)
         work = s.pop(WORKING)
         work.grad = None
-        generator = torch.Generator(device=p.device)
-        generator.manual_seed(_mix(s[SEED], int(c[0])))
-        p.copy_(stochastic_round(work, generator))
+        write_rounded(p, work, s[SEED], c[0])
         return u
 
     return kernel_transform(stochastically, _step_number)

@@ -117,12 +117,17 @@ def _close() -> Transform:
         for key, stored in s.pop(NARROW).items():
             stored.copy_(s[key])
             s[key] = stored
-        generator = torch.Generator(device=p.device)
-        generator.manual_seed(_mix(s[SEED], int(c[0])))
-        p.copy_(stochastic_round(work, generator))
+        write_rounded(p, work, s[SEED], c[0])
         return u
 
     return kernel_transform(kernel, _step_number)
+
+
+def write_rounded(p: Tensor, work: Tensor, seed: int, step: Any) -> None:
+    """p <- work stochastically rounded, with the parameter's seed mixed with the step number (resumable)."""
+    generator = torch.Generator(device=p.device)
+    generator.manual_seed(_mix(seed, int(step)))
+    p.copy_(stochastic_round(work, generator))
 
 
 def _on_copy(transform: Transform) -> Transform:
