@@ -48,9 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..core.engine import EngineOption, State, Transform, Work, extend, kernel_transform, no_coefficients
+from ..core.engine import EngineOption, State, Transform, Work, extend, kernel_transform
 from ..core.validation import Flag
-from .rounding import SEED, _Seeds, write_rounded
+from .rounding import SEED, _Seeds, on_parameter_copy, write_rounded
 
 __all__ = ["MASTER", "MASTER_WEIGHTS", "master_weight"]
 
@@ -139,23 +139,7 @@ def _close(stochastic: bool) -> Transform:
 
 def _on_master(transform: Transform) -> Transform:
     """The transform run on the master copy of a bfloat16/float16 parameter, its state allocated in float32."""
-
-    def init(p: Tensor) -> dict[str, Any]:
-        return transform.init(_wide(p))
-
-    if transform.kernel is not None:
-        inner_kernel = transform.kernel
-
-        def kernel(u: Tensor, p: Tensor, s: State, c: tuple) -> Tensor:
-            return inner_kernel(u, s.get(WORKING, p), s, c)
-
-        return kernel_transform(kernel, transform.coefficients or no_coefficients, init, writes=transform.writes)
-    inner_update = transform.update
-
-    def update(u: Tensor, p: Tensor, s: State, t: float) -> Tensor:
-        return inner_update(u, s.get(WORKING, p), s, t)
-
-    return Transform(update, init, transform.writes)
+    return on_parameter_copy(transform, WORKING, lambda p: transform.init(_wide(p)))
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ the lower neighbour) / (gap): the carry into the upper half happens exactly then
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..core.engine import EngineOption, State, Transform, Work, extend, kernel_transform
+from ..core.engine import EngineOption, State, Transform, Work, extend, kernel_transform, no_coefficients
 from ..core.validation import Flag
 
 __all__ = ["ROUNDING", "stochastic_round"]
@@ -130,21 +131,30 @@ def write_rounded(p: Tensor, work: Tensor, seed: int, step: Any) -> None:
     p.copy_(stochastic_round(work, generator))
 
 
-def _on_copy(transform: Transform) -> Transform:
-    """The transform run on the float32 copy of a bfloat16 parameter (the parameter itself otherwise)."""
-    if transform.kernel is not None and transform.coefficients is not None:
-        inner_kernel, coefficients = transform.kernel, transform.coefficients
+def on_parameter_copy(transform: Transform, key: str, init: Callable[[Tensor], dict[str, Any]] | None = None
+                      ) -> Transform:
+    """`transform` run on the copy of the parameter kept in the step's state under `key` (the parameter itself
+    when there is none), with its state allocated by `init` when given. Shared by this option and
+    `gradwise.state.master`."""
+    init = init or transform.init
+    if transform.kernel is not None:
+        inner_kernel = transform.kernel
 
         def kernel(u: Tensor, p: Tensor, s: State, c: tuple) -> Tensor:
-            return inner_kernel(u, s.get(PARAMETER, p), s, c)
+            return inner_kernel(u, s.get(key, p), s, c)
 
-        return kernel_transform(kernel, coefficients, transform.init, writes=transform.writes)
+        return kernel_transform(kernel, transform.coefficients or no_coefficients, init, writes=transform.writes)
     inner_update = transform.update
 
     def update(u: Tensor, p: Tensor, s: State, t: float) -> Tensor:
-        return inner_update(u, s.get(PARAMETER, p), s, t)
+        return inner_update(u, s.get(key, p), s, t)
 
-    return Transform(update, transform.init, transform.writes)
+    return Transform(update, init, transform.writes)
+
+
+def _on_copy(transform: Transform) -> Transform:
+    """The transform run on the float32 copy of a bfloat16 parameter (the parameter itself otherwise)."""
+    return on_parameter_copy(transform, PARAMETER)
 
 
 def _prepare(optimizer: Any, work: Work) -> _Seeds | None:
