@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import operator
 import os
 import sys
@@ -187,6 +188,11 @@ def _storage_function(kernels: tuple[Callable, ...], maximize: bool, storage: An
 # aot_eager and inductor backends, dynamic or not: `b.add_(c); p.sub_(b)` leaves b unchanged and reads its old
 # value). Such parameters (and parameters with such state, AdaGrad-Norm's float64 b^2) run eagerly.
 SCALAR_DOUBLE = "0-dim float64 tensors updated in place are miscompiled by torch.compile (their update is lost)"
+
+
+def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Float32 or float64 for the finiteness sum (a half-precision sum overflows at 65504)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _scalar_double(v: Any) -> bool:
@@ -459,14 +465,19 @@ class CompiledStep:
         if self._plan is None or self._plan[0] is not work:
             self.begin(work)
         assert self._plan is not None  # begin sets it
+        flat: list[Tensor] = []
         grads: list[Tensor] = []
         for buckets in self._plan[1].values():
             for members, layout in buckets.values():
                 if layout is not None:
-                    grads.append(layout.grad)
+                    flat.append(layout.grad)
                 else:
                     grads.extend(p.grad for p in members if p.grad is not None and p.grad.numel() > 0)
-        grads = [g for g in grads if g.numel() > 0]
+        # a flat buffer's sum is finite only if every element is (NaN and infinity propagate; +inf and -inf
+        # give NaN): one reduction and one scalar per buffer, cheaper than aminmax (1000 x 1k: 0.29 against
+        # 0.46 ms, cold cache). A sum that overflows sends the step to the exact check below.
+        if not all(math.isfinite(g.sum(dtype=_sum_dtype(g.dtype)).item()) for g in flat):
+            return self.optimizer._gradients_finite(work)  # exact, and finds the parameter for "raise"
         if not grads:
             return True
         device = grads[0].device

@@ -1,0 +1,117 @@
+"""The compiled step's per-step shortcuts: the non-finite check reads one sum per flat gradient buffer, and
+each shortcut must still see what the long way sees (every case below ends in the same numbers as eager)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gradwise as gw
+
+SHAPES = [(4, 3), (5,), (2, 3, 2)]
+
+
+def make_params(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=dtype).requires_grad_() for s in SHAPES]
+
+
+def clone(params):
+    return [p.detach().clone().requires_grad_() for p in params]
+
+
+def backward(params, k):
+    sum(((torch.sin(p * (1 + k % 3 + i)) * p).sum() for i, p in enumerate(params))).backward()
+
+
+def snapshot(opt, params):
+    return [p.detach().clone() for p in params] + [
+        v.clone() for p in params for v in opt.state[p].values() if isinstance(v, torch.Tensor)
+    ]
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def pair(nonfinite="skip", dtype=torch.float32):
+    params = make_params(dtype)
+    eager = clone(params)
+    opt = gw.AdamW(params, lr=1e-2, nonfinite=nonfinite, compile="eager")
+    ref = gw.AdamW(eager, lr=1e-2, nonfinite=nonfinite)
+    return params, eager, opt, ref
+
+
+def steps(opt, params, ks, set_to_none=False, poison=None):
+    for k in ks:
+        opt.zero_grad(set_to_none=set_to_none)
+        backward(params, k)
+        if poison is not None:
+            poison(params)
+        opt.step()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_nonfinite_gradient_in_the_flat_buffer_skips_the_whole_step(bad, in_place):
+    params, eager, opt, ref = pair()
+    steps(opt, params, range(3))
+    steps(ref, eager, range(3))
+    assert opt._compiled.layouts  # the flat path: gradients are views of one buffer
+
+    def poison(ps):
+        if in_place:  # written into the view of the flat buffer
+            ps[1].grad[2] = bad
+        else:  # a new gradient tensor (copied into the flat buffer by the step)
+            ps[1].grad = ps[1].grad.clone().index_fill_(0, torch.tensor([2]), bad)
+
+    before = snapshot(opt, params)
+    steps(opt, params, [3], poison=poison)
+    steps(ref, eager, [3], poison=poison)
+    assert opt.skipped_steps == ref.skipped_steps == 1
+    assert same(snapshot(opt, params), before)
+    steps(opt, params, range(4, 7))
+    steps(ref, eager, range(4, 7))
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        assert float(opt.state[p]["step"]) == float(ref.state[q]["step"]) == 6
+
+
+def test_huge_finite_gradients_whose_sum_overflows_still_step():
+    # the float32 sum of the buffer is inf; the exact check then finds every element finite: no skip
+    params, eager, opt, ref = pair()
+    steps(opt, params, range(2))
+    steps(ref, eager, range(2))
+
+    def huge(ps):
+        ps[0].grad.fill_(3e38)
+        ps[2].grad.fill_(3e38)
+
+    steps(opt, params, [2], poison=huge)
+    steps(ref, eager, [2], poison=huge)
+    assert opt.skipped_steps == ref.skipped_steps == 0
+    assert not torch.isfinite(opt._compiled.layouts[next(iter(opt._compiled.layouts))].grad.sum())
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_half_precision_gradients_are_summed_in_float32():
+    # 60000 + 60000 overflows float16 but not the float32 sum: the step runs (no fallback is needed either)
+    params, _, opt, _ = pair(dtype=torch.float16)
+    steps(opt, params, range(2))
+    calls = []
+    exact = opt._gradients_finite
+    opt._gradients_finite = lambda work: calls.append(1) or exact(work)
+    steps(opt, params, [2], poison=lambda ps: [p.grad.fill_(60000.0) for p in ps])
+    assert opt.skipped_steps == 0 and not calls
+    steps(opt, params, [3], poison=lambda ps: ps[0].grad.view(-1)[0].fill_(float("nan")))
+    assert opt.skipped_steps == 1 and calls
+
+
+def test_nonfinite_raise_names_the_parameter_on_the_flat_path():
+    params, _, opt, _ = pair(nonfinite="raise")
+    steps(opt, params, range(2))
+    before = snapshot(opt, params)
+    with pytest.raises(FloatingPointError, match="parameter 2 of param group 0"):
+        steps(opt, params, [2], poison=lambda ps: ps[2].grad.view(-1)[1].fill_(float("inf")))
+    assert same(snapshot(opt, params), before)
