@@ -115,3 +115,35 @@ def test_nonfinite_raise_names_the_parameter_on_the_flat_path():
     with pytest.raises(FloatingPointError, match="parameter 2 of param group 0"):
         steps(opt, params, [2], poison=lambda ps: ps[2].grad.view(-1)[1].fill_(float("inf")))
     assert same(snapshot(opt, params), before)
+
+
+class Mixed(gw.core.ChainOptimizer):
+    """A step whose coefficients are a number, a flag and a tensor passed through (every packed kind)."""
+
+    defaults = dict(lr=1e-2)
+
+    def chain(self, h):
+        scale = torch.tensor(0.5)
+
+        def kernel(u, p, s, c):
+            lr, flip, half = c
+            p.add_(torch.where(flip, -u, u) * (-lr * half))
+            return u
+
+        return (gw.core.kernel_transform(kernel, lambda t: (h.lr * t, t % 2 == 0, scale), writes=True,
+                                         elementwise=True),)
+
+
+def test_packed_coefficients_of_every_kind_match_eager_and_compile_once():
+    params = make_params(torch.float64)
+    eager = clone(params)
+    torch._dynamo.utils.counters.clear()
+    opt, ref = Mixed(params, compile="eager"), Mixed(eager)
+    for k in range(6):
+        for ps, o in ((params, opt), (eager, ref)):
+            for group in o.param_groups:
+                group["lr"] = 1e-2 / (k + 1)
+            steps(o, ps, [k])
+    assert opt._compiled.layouts and torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-14, atol=0)

@@ -4,7 +4,9 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
 0-dim tensors, so that one graph serves every step whatever the lr schedule does:
 
 - Coefficients: each transform's `coefficients(t)` runs on the host; its numbers are written with `fill_`
-  into preallocated 0-dim tensors (float64 for float64 parameters, float32 otherwise) passed as arguments.
+  into preallocated 0-dim tensors (float64 for float64 parameters, float32 otherwise) passed as arguments;
+  the flat path packs them instead into one tensor of numbers and one of flags (`pack`), which the graph
+  indexes: two inputs for dynamo to guard and two host calls per step, whatever the length of the chain.
   A changing Python float never reaches a graph (it would recompile, or, with torch's FX graph cache,
   silently reuse the first value: benchmarks/README.md, compile_study part d).
 - Cache: one compiled function per (param group, dtype, device, path), keyed by the chain's structure:
@@ -156,6 +158,37 @@ def fill(slots: list[tuple[Tensor | None, ...]], values: Sequence[tuple]) -> tup
     )
 
 
+def packing(pattern: tuple) -> tuple[tuple[str, ...], tuple[tuple[tuple[int, int], ...], ...]]:
+    """Where each coefficient of `pattern` travels in a packed call: the flat kinds ("number", "bool" or
+    "tensor", in order), and per transform (argument, index) pairs: 0 the numbers tensor, 1 the flags
+    tensor, 2 the tuple of tensors passed through."""
+    kinds = tuple("tensor" if isinstance(kind, tuple) else kind for c in pattern for kind in c)
+    counts = [0, 0, 0]
+    where = []
+    for c in pattern:
+        row = []
+        for kind in c:
+            arg = 0 if kind == "number" else 1 if kind == "bool" else 2
+            row.append((arg, counts[arg]))
+            counts[arg] += 1
+        where.append(tuple(row))
+    return kinds, tuple(where)
+
+
+def pack(values: Sequence[tuple], kinds: tuple[str, ...], dtype: torch.dtype,
+         device: torch.device) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+    """A step's coefficients as one tensor of numbers (float64 for float64 parameters, float32 otherwise),
+    one of flags, and the tensors passed through: two small tensors instead of a 0-dim tensor filled per
+    number (fewer fill_ calls, fewer graph inputs for dynamo to guard)."""
+    flat = [x for c in values for x in c]
+    numbers = [x for x, kind in zip(flat, kinds, strict=True) if kind == "number"]
+    flags = [x for x, kind in zip(flat, kinds, strict=True) if kind == "bool"]
+    tensors = tuple(x for x, kind in zip(flat, kinds, strict=True) if kind == "tensor")
+    cdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return (torch.tensor(numbers, dtype=cdtype, device=device), torch.tensor(flags, dtype=torch.bool, device=device),
+            tensors)
+
+
 # -- the functions handed to torch.compile -------------------------------------------------------------------
 def _fresh(fn: Callable, name: str) -> Callable:
     """`fn` with a code object of its own: dynamo keeps its graphs and recompile count per code object, so
@@ -171,6 +204,20 @@ def _chain_function(kernels: tuple[Callable, ...], maximize: bool) -> Callable:
             u = kernel(u, p, s, cs[i])
 
     return run_chain
+
+
+def _packed_chain_function(kernels: tuple[Callable, ...], maximize: bool,
+                           where: tuple[tuple[tuple[int, int], ...], ...]) -> Callable:
+    """`_chain_function` for coefficients packed by `pack`: each transform's tuple is rebuilt inside the graph
+    (indexing the numbers tensor gives the same 0-dim tensors a filled slot would)."""
+
+    def run_chain_packed(g: Tensor, p: Tensor, s: dict, numbers: Tensor, flags: Tensor, tensors: tuple) -> None:
+        u = -g if maximize else g
+        for i, kernel in enumerate(kernels):
+            args = (numbers, flags, tensors)
+            u = kernel(u, p, s, tuple(args[arg][j] for arg, j in where[i]))
+
+    return run_chain_packed
 
 
 def _storage_function(kernels: tuple[Callable, ...], maximize: bool, storage: Any) -> Callable:
@@ -372,6 +419,7 @@ class CompiledStep:
         self.layouts: dict[tuple, FlatLayout] = {}
         self.functions: dict[tuple, Callable | None] = {}
         self.slots: dict[tuple, list] = {}
+        self.packings: dict[tuple, tuple[tuple[str, ...], tuple]] = {}
         self.signatures: dict[int, set] = {}
         self.warned: set[tuple[int, str]] = set()
         self._plan: tuple[Any, Plan] | None = None
@@ -592,16 +640,17 @@ class CompiledStep:
         kernels = tuple(tr.kernel for tr in chain)
         segmented = any(tr.segmented for tr in chain)
         options = SEGMENTED_INDUCTOR_OPTIONS if segmented else None
-        fn = self._function(fkey, lambda: _chain_function(kernels, signature[0]), dynamic=None, options=options)
+        packed = self.packings.get(fkey)
+        if packed is None:
+            packed = self.packings[fkey] = packing(pattern)
+        fn = self._function(fkey, lambda: _packed_chain_function(kernels, signature[0], packed[1]), dynamic=None,
+                            options=options)
         if fn is None:
             return False
-        slots = self.slots.get(fkey)
-        if slots is None:
-            slots = self.slots[fkey] = coefficient_slots(pattern, *key)
         buffers = dict(layout.state)
         rows = any(tr.segmented == "rows" for tr in chain)
         s = {**layout.state, **layout.segments(rows)} if segmented else layout.state
-        if not self._call(fkey, gi, fn, (layout.grad, layout.param, s, fill(slots, values))):
+        if not self._call(fkey, gi, fn, (layout.grad, layout.param, s, *pack(values, packed[0], *key))):
             return False
         if segmented:
             for k in (*SEGMENT_KEYS, *ROW_KEYS):
