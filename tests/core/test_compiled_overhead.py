@@ -123,11 +123,11 @@ class Mixed(gw.core.ChainOptimizer):
     defaults = dict(lr=1e-2)
 
     def chain(self, h):
-        scale = torch.tensor(0.5)
+        scale = torch.tensor(0.5, dtype=torch.float64)
 
         def kernel(u, p, s, c):
             lr, flip, half = c
-            p.add_(torch.where(flip, -u, u) * (-lr * half))
+            p.add_(torch.where(torch.as_tensor(flip), -u, u) * (-lr * half))
             return u
 
         return (gw.core.kernel_transform(kernel, lambda t: (h.lr * t, t % 2 == 0, scale), writes=True,
