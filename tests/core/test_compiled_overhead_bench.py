@@ -1,0 +1,32 @@
+"""benchmarks/step_speed.py --breakdown: the parts of a compiled step add up and the timing wrappers go away."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_speed.py"
+
+
+def load_step_speed():
+    spec = importlib.util.spec_from_file_location("step_speed_breakdown", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_breakdown_times_every_part_cold_and_warm(capsys):
+    step_speed = load_step_speed()
+    result = step_speed.overhead_breakdown("adamw", [(16,), (4, 4), (3,)], repeats=3, backend="eager",
+                                           triad_elements=10_000)
+    assert set(result) == {"cold", "warm"}
+    for mode, row in result.items():
+        assert row["checks"] > 0 and row["nonfinite"] > 0 and row["call"] > 0
+        parts = row["checks"] + row["nonfinite"] + row["call"] + row["group other"] + row["step other"]
+        assert abs(parts - row["step"]) < 1e-9 * max(row["step"], 1.0)
+        assert ("floor" in row) == (mode == "cold")
+    table = step_speed.format_breakdown([("adamw", "tiny", result)])
+    assert "adamw" in table and "cold" in table and "warm" in table
+
