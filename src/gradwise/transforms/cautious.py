@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..core import OneOf, Transform, kernel_transform
 from ..core.engine import EngineOption, extend
-from ..core.segments import segment_mean, segment_numel, segment_sum
+from ..core.segments import segment_broadcast, segment_sizes, segment_sums
 
 MEAN_FLOOR = 1e-3
 
@@ -43,9 +43,13 @@ def cautious_mask(delta: Tensor, grad: Tensor, mode: bool | str, s: dict | None 
     when `s` marks a flat buffer of several, see gradwise.core.segments)."""
     s = {} if s is None else s
     mask = (delta * grad < 0).to(delta.dtype)
-    if mode == "mean":
-        return mask / segment_mean(mask, s).clamp(min=MEAN_FLOOR)
-    return mask * (segment_numel(mask, s) / (segment_sum(mask, s) + 1))
+    kept, size = segment_sums(mask, s), segment_sizes(mask, s)
+    if mode == "mean":  # mask / mean(mask), as a product: the mask is 0 or 1, so the same numbers
+        mean = mask.mean() if isinstance(size, int) else kept / size  # eager: torch's mean, bit for bit
+        scale = 1 / mean.clamp(min=MEAN_FLOOR)
+    else:
+        scale = size / (kept + 1)
+    return mask * segment_broadcast(scale, mask, s)  # one scale per parameter, then one product per element
 
 
 def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform, ...]:
