@@ -387,8 +387,10 @@ BREAKDOWN_COLUMNS = ("step", "checks", "nonfinite", "call", "group other", "step
 
 
 def overhead_breakdown(name: str, shape_list: Sequence[Shape], repeats: int = 40, nonfinite: str = "skip",
-                       backend: bool | str = True, triad_elements: int = 32_000_000) -> dict[str, dict[str, float]]:
-    """Median milliseconds of each part of one compiled step: "cold" runs the triad before each step, as the
+                       backend: bool | str = True, triad_elements: int = 32_000_000,
+                       stat: str = "median") -> dict[str, dict[str, float]]:
+    """Milliseconds of each part of one compiled step (`stat` of each part over the steps; with "min" the two
+    "other" columns are differences of minima, so estimates): "cold" runs the triad before each step, as the
     round-robin does (the data and the Python objects of 1000 parameters are out of the caches), "warm" steps
     back to back. "group other" is run_group less the call, "step other" the step less the parts timed
     (ChainOptimizer.step's own Python, torch.optim's step wrapper); "floor" as in the table (cold only)."""
@@ -424,7 +426,7 @@ def overhead_breakdown(name: str, shape_list: Sequence[Shape], repeats: int = 40
                 t0 = time.perf_counter()
                 step()
                 samples.setdefault("step", []).append(time.perf_counter() - t0)
-            med = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+            med = {k: STATS[stat](v) * 1e3 for k, v in samples.items()}
             parts = {column: med.get(method, 0.0) for method, column in PHASES.items()}
             row = {"step": med["step"], "checks": parts["checks"], "nonfinite": parts["nonfinite"],
                    "call": parts["call"], "group other": parts["run_group"] - parts["call"],
@@ -439,9 +441,9 @@ def overhead_breakdown(name: str, shape_list: Sequence[Shape], repeats: int = 40
     return result
 
 
-def format_breakdown(rows: list[tuple[str, str, dict[str, dict[str, float]]]]) -> str:
+def format_breakdown(rows: list[tuple[str, str, dict[str, dict[str, float]]]], stat: str = "median") -> str:
     head = f"{'optimizer':>11}  {'shape':>12}  {'cache':>5}  " + "  ".join(f"{c:>11}" for c in BREAKDOWN_COLUMNS)
-    lines = ["where the compiled step's time goes, median ms (cold: the triad runs before each step, as in the "
+    lines = [f"where the compiled step's time goes, {stat} ms (cold: the triad runs before each step, as in the "
              "table; warm: steps back to back)", "", head, "-" * len(head)]
     for name, shape, modes in rows:
         for mode, row in modes.items():
@@ -590,9 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--breakdown times the compiled step: leave out --no-compile")
         torch.set_num_threads(args.threads)
         rows = [(name, shape, overhead_breakdown(name, shape_list, repeats=max(repeats, 20), nonfinite=args.nonfinite,
-                                                 backend=compile_flag))
+                                                 backend=compile_flag, stat=args.stat))
                 for shape, shape_list in shapes.items() for name in names]
-        print(format_breakdown(rows))
+        print(format_breakdown(rows, args.stat))
         print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - started:.0f} s")
         return 0
     report = benchmark(shapes, names, repeats=repeats, warmup=args.warmup, threads=args.threads,

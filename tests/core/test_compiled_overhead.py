@@ -147,3 +147,27 @@ def test_packed_coefficients_of_every_kind_match_eager_and_compile_once():
     assert opt._compiled.layouts and torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     for p, q in zip(params, eager, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-14, atol=0)
+
+
+def test_packed_coefficients_land_where_the_graph_reads_them():
+    from gradwise.core.compiled import PackedCoefficients, coefficient_pattern
+
+    scale = torch.tensor(2.0)
+    values = [(0.5, True), (scale,), (3, False, 1e-8)]
+    packed = PackedCoefficients(coefficient_pattern(values), torch.float64, torch.device("cpu"))
+    numbers, flags, tensors = packed(values)
+    args = (numbers, flags, tensors)
+    rebuilt = [tuple(args[arg][j] for arg, j in row) for row in packed.where]
+    assert [[bool(x) if isinstance(v, bool) else float(x) for x, v in zip(r, c, strict=True)]
+            for r, c in zip(rebuilt, values, strict=True)] == [[0.5, True], [2.0], [3.0, False, 1e-8]]
+    assert rebuilt[1][0] is scale and numbers.dtype == torch.float64 and flags.dtype == torch.bool
+    again = packed([(0.25, False), (scale,), (4, True, 0.0)])  # the same tensors, overwritten in place
+    assert again[0] is numbers and numbers.tolist() == [0.25, 4.0, 0.0] and flags.tolist() == [False, True]
+    with pytest.raises(ValueError):
+        packed([(0.25,), (scale,), (4, True, 0.0)])
+    # float32 parameters: float32 numbers, rounded as fill_ rounds them
+    packed32 = PackedCoefficients(coefficient_pattern([(0.1,), (0.2,)]), torch.float32, torch.device("cpu"))
+    assert packed32([(0.1,), (0.2,)])[0].tolist() == [torch.zeros((), dtype=torch.float32).fill_(x).item()
+                                                       for x in (0.1, 0.2)]
+    with pytest.raises(BufferError):  # a wrong number of values cannot move the memory the tensor views
+        packed32([(0.1,), (0.2, 0.3)])

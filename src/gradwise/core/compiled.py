@@ -5,8 +5,8 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
 
 - Coefficients: each transform's `coefficients(t)` runs on the host; its numbers are written with `fill_`
   into preallocated 0-dim tensors (float64 for float64 parameters, float32 otherwise) passed as arguments;
-  the flat path packs them instead into one tensor of numbers and one of flags (`pack`), which the graph
-  indexes: two inputs for dynamo to guard and two host calls per step, whatever the length of the chain.
+  the flat path packs them instead into one tensor of numbers and one of flags (`PackedCoefficients`), which
+  the graph indexes: two inputs for dynamo to guard and two array writes per step, whatever the chain.
   A changing Python float never reaches a graph (it would recompile, or, with torch's FX graph cache,
   silently reuse the first value: benchmarks/README.md, compile_study part d).
 - Cache: one compiled function per (param group, dtype, device, path), keyed by the chain's structure:
@@ -36,6 +36,7 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
 
 from __future__ import annotations
 
+import array
 import enum
 import itertools
 import math
@@ -158,35 +159,67 @@ def fill(slots: list[tuple[Tensor | None, ...]], values: Sequence[tuple]) -> tup
     )
 
 
-def packing(pattern: tuple) -> tuple[tuple[str, ...], tuple[tuple[tuple[int, int], ...], ...]]:
-    """Where each coefficient of `pattern` travels in a packed call: the flat kinds ("number", "bool" or
-    "tensor", in order), and per transform (argument, index) pairs: 0 the numbers tensor, 1 the flags
-    tensor, 2 the tuple of tensors passed through."""
-    kinds = tuple("tensor" if isinstance(kind, tuple) else kind for c in pattern for kind in c)
-    counts = [0, 0, 0]
-    where = []
-    for c in pattern:
-        row = []
-        for kind in c:
-            arg = 0 if kind == "number" else 1 if kind == "bool" else 2
-            row.append((arg, counts[arg]))
-            counts[arg] += 1
-        where.append(tuple(row))
-    return kinds, tuple(where)
+class PackedCoefficients:
+    """A chain's coefficients packed for the flat path: the numbers in one 1-D tensor (float64 for float64
+    parameters, float32 otherwise), the flags in one bool tensor, and the tensors passed through, so that
+    the graph has two inputs for dynamo to guard and the host writes two arrays per step, however long the
+    chain. On the CPU the tensors view Python arrays that each step overwrites in place (a fill_ per number
+    cost 13 us a step for AdamW; this, 2 us); on other devices the arrays are copied in.
+
+    `where[i]` says where transform i's coefficients are: (argument, index) pairs, argument 0 the numbers,
+    1 the flags, 2 the tuple of tensors passed through."""
+
+    def __init__(self, pattern: tuple, dtype: torch.dtype, device: torch.device) -> None:
+        self.kinds = tuple("tensor" if isinstance(kind, tuple) else kind for c in pattern for kind in c)
+        counts = [0, 0, 0]
+        where = []
+        for c in pattern:
+            row = []
+            for kind in c:
+                arg = 0 if kind == "number" else 1 if kind == "bool" else 2
+                row.append((arg, counts[arg]))
+                counts[arg] += 1
+            where.append(tuple(row))
+        self.where = tuple(where)
+        self.numbers_only = counts[1] == counts[2] == 0
+        double = dtype == torch.float64
+        self._host_numbers, host_numbers = _host_array("d" if double else "f", counts[0],
+                                                       torch.float64 if double else torch.float32)
+        self._host_flags, host_flags = _host_array("B", counts[1], torch.bool)
+        self.on_host = device.type == "cpu"
+        self.numbers = host_numbers if self.on_host else host_numbers.to(device)
+        self.flags = host_flags if self.on_host else host_flags.to(device)
+        self._sources = (host_numbers, host_flags)
+        # torch.frombuffer does not pin the arrays; these memoryviews do: an array exporting a buffer cannot be
+        # resized, so writing the wrong number of values raises BufferError instead of moving what the tensors read
+        self._pins = (memoryview(self._host_numbers), memoryview(self._host_flags))
+
+    def __call__(self, values: Sequence[tuple]) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """The arguments (numbers, flags, tensors) that carry this step's `values`."""
+        flat = [x for c in values for x in c]
+        tensors: tuple[Tensor, ...] = ()
+        if self.numbers_only:
+            if flat:
+                self._host_numbers[:] = array.array(self._host_numbers.typecode, flat)
+        else:
+            kinds = self.kinds
+            if self._host_numbers:
+                numbers = [x for x, kind in zip(flat, kinds, strict=True) if kind == "number"]
+                self._host_numbers[:] = array.array(self._host_numbers.typecode, numbers)
+            if self._host_flags:
+                flags = [x for x, kind in zip(flat, kinds, strict=True) if kind == "bool"]
+                self._host_flags[:] = array.array("B", flags)
+            tensors = tuple(x for x, kind in zip(flat, kinds, strict=True) if kind == "tensor")
+        if not self.on_host:
+            self.numbers.copy_(self._sources[0])
+            self.flags.copy_(self._sources[1])
+        return self.numbers, self.flags, tensors
 
 
-def pack(values: Sequence[tuple], kinds: tuple[str, ...], dtype: torch.dtype,
-         device: torch.device) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
-    """A step's coefficients as one tensor of numbers (float64 for float64 parameters, float32 otherwise),
-    one of flags, and the tensors passed through: two small tensors instead of a 0-dim tensor filled per
-    number (fewer fill_ calls, fewer graph inputs for dynamo to guard)."""
-    flat = [x for c in values for x in c]
-    numbers = [x for x, kind in zip(flat, kinds, strict=True) if kind == "number"]
-    flags = [x for x, kind in zip(flat, kinds, strict=True) if kind == "bool"]
-    tensors = tuple(x for x, kind in zip(flat, kinds, strict=True) if kind == "tensor")
-    cdtype = torch.float64 if dtype == torch.float64 else torch.float32
-    return (torch.tensor(numbers, dtype=cdtype, device=device), torch.tensor(flags, dtype=torch.bool, device=device),
-            tensors)
+def _host_array(typecode: str, n: int, dtype: torch.dtype) -> tuple[array.array, Tensor]:
+    """A Python array of n zeros and a tensor viewing its memory."""
+    host = array.array(typecode, bytes(n * array.array(typecode).itemsize))
+    return host, (torch.frombuffer(host, dtype=dtype) if n else torch.zeros(0, dtype=dtype))
 
 
 # -- the functions handed to torch.compile -------------------------------------------------------------------
@@ -419,7 +452,7 @@ class CompiledStep:
         self.layouts: dict[tuple, FlatLayout] = {}
         self.functions: dict[tuple, Callable | None] = {}
         self.slots: dict[tuple, list] = {}
-        self.packings: dict[tuple, tuple[tuple[str, ...], tuple]] = {}
+        self.packings: dict[tuple, PackedCoefficients] = {}
         self.signatures: dict[int, set] = {}
         self.warned: set[tuple[int, str]] = set()
         self._plan: tuple[Any, Plan] | None = None
@@ -642,15 +675,15 @@ class CompiledStep:
         options = SEGMENTED_INDUCTOR_OPTIONS if segmented else None
         packed = self.packings.get(fkey)
         if packed is None:
-            packed = self.packings[fkey] = packing(pattern)
-        fn = self._function(fkey, lambda: _packed_chain_function(kernels, signature[0], packed[1]), dynamic=None,
+            packed = self.packings[fkey] = PackedCoefficients(pattern, *key)
+        fn = self._function(fkey, lambda: _packed_chain_function(kernels, signature[0], packed.where), dynamic=None,
                             options=options)
         if fn is None:
             return False
         buffers = dict(layout.state)
         rows = any(tr.segmented == "rows" for tr in chain)
         s = {**layout.state, **layout.segments(rows)} if segmented else layout.state
-        if not self._call(fkey, gi, fn, (layout.grad, layout.param, s, *pack(values, packed[0], *key))):
+        if not self._call(fkey, gi, fn, (layout.grad, layout.param, s, *packed(values))):
             return False
         if segmented:
             for k in (*SEGMENT_KEYS, *ROW_KEYS):
