@@ -171,3 +171,24 @@ def test_packed_coefficients_land_where_the_graph_reads_them():
                                                        for x in (0.1, 0.2)]
     with pytest.raises(BufferError):  # a wrong number of values cannot move the memory the tensor views
         packed32([(0.1,), (0.2, 0.3)])
+
+
+@pytest.mark.parametrize("replaced", [(1,), (0, 1, 2)])
+def test_new_gradient_tensors_are_copied_in_and_become_views_again(replaced):
+    # one gradient replaced (the pairs path) or every one (the set_to_none path: one copy for all)
+    params, eager, opt, ref = pair()
+    steps(opt, params, range(2))
+    steps(ref, eager, range(2))
+    layout = next(iter(opt._compiled.layouts.values()))
+
+    def replace(ps):
+        for i in replaced:
+            ps[i].grad = ps[i].grad.clone() * 2
+
+    steps(opt, params, [2, 3], poison=replace)
+    steps(ref, eager, [2, 3], poison=replace)
+    assert next(iter(opt._compiled.layouts.values())) is layout  # not gathered again
+    assert all(p.grad is view for p, view in zip(layout.members, layout.grads, strict=True))
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)

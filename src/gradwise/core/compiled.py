@@ -37,6 +37,7 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
 from __future__ import annotations
 
 import array
+import collections
 import enum
 import itertools
 import math
@@ -306,12 +307,18 @@ class _BucketViews:
 
     def attach_grads(self) -> None:
         """Make each p.grad the view of the flat gradient buffer, copying the gradients that are not."""
-        if all(map(operator.is_, map(_grad_of, self.members), self.grads)):
+        grads = list(map(_grad_of, self.members))
+        if all(map(operator.is_, grads, self.grads)):
             return
-        pairs = [(p, view) for p, view in zip(self.members, self.grads, strict=True) if p.grad is not view]
-        # one call copies them all (after zero_grad(set_to_none=True), every gradient is new each step)
-        torch._foreach_copy_([view for _, view in pairs], [p.grad for p, _ in pairs])  # type: ignore[misc]
-        for p, view in pairs:
+        if not any(map(operator.is_, grads, self.grads)):
+            # every gradient is new (zero_grad(set_to_none=True) then backward, each step): one call copies them
+            # all and map() re-points them, without a Python loop over the parameters
+            torch._foreach_copy_(self.grads, grads)  # type: ignore[arg-type]  # members have gradients
+            collections.deque(map(setattr, self.members, itertools.repeat("grad"), self.grads), maxlen=0)
+            return
+        pairs = [(p, view, g) for p, view, g in zip(self.members, self.grads, grads, strict=True) if g is not view]
+        torch._foreach_copy_([view for _, view, _ in pairs], [g for _, _, g in pairs])
+        for p, view, _ in pairs:
             p.grad = view
 
 
