@@ -15,6 +15,7 @@ from gradwise.core.compiled import ALIGN
 from gradwise.core.segments import (
     ROW_IDS,
     SEGMENT_IDS,
+    SEGMENT_VALID,
     row_layout,
     row_sums,
     rows_to_elements,
@@ -29,9 +30,10 @@ from gradwise.core.segments import (
 SHAPES = [(4, 3), (5,), (1,), (3, 3, 2)]
 
 
-def test_segment_reductions_on_a_flat_buffer_equal_per_tensor_reductions():
+@pytest.mark.parametrize("shapes", [SHAPES, [(4, 8), (48,), (2, 2, 4)]])  # padded, and blocks all full
+def test_segment_reductions_on_a_flat_buffer_equal_per_tensor_reductions(shapes):
     g = torch.Generator().manual_seed(0)
-    tensors = [torch.randn(s, generator=g, dtype=torch.float64) for s in SHAPES]
+    tensors = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
     sizes = [t.numel() for t in tensors]
     offsets, total = [], 0
     for n in sizes:
@@ -43,6 +45,7 @@ def test_segment_reductions_on_a_flat_buffer_equal_per_tensor_reductions():
     for block in (ALIGN, 1):  # blocks of ALIGN elements as the engine lays them out, and single elements
         s = segment_layout(sizes, offsets, total, flat.device, block)
         assert s[SEGMENT_IDS].shape == (total // ALIGN,)  # single elements: grown to the largest block allowed
+        assert (SEGMENT_VALID in s) == (total > sum(sizes))  # the mask of partial blocks, only where needed
         check_reductions(flat, tensors, offsets, s)
     # eager: exactly the plain reductions, bit for bit
     t = tensors[0]

@@ -4,11 +4,12 @@ A kernel that reduces over its parameter (a mask's sum, a norm) calls these with
 - eager and on the compiled per-parameter path, `s` is the parameter's own state and each function is the
   plain reduction over the whole tensor (`x.sum()`, `x.mean()`, ...): a 0-dim tensor, the very operations a
   kernel would write without this module, so eager numbers do not change;
-- on the compiled flat path (`gradwise.core.compiled`), the engine adds three tensors to the `s` it passes,
+- on the compiled flat path (`gradwise.core.compiled`), the engine adds these tensors to the `s` it passes,
   which describe the buffer cut into blocks of ALIGN elements or a multiple (each parameter
   starts on a block; the alignment padding after it is never counted): SEGMENT_IDS, the parameter each block
   belongs to (blocks of padding only: an extra index, the last), SEGMENT_VALID, how many leading elements of
-  each block belong to that parameter, and SEGMENT_SIZES, each parameter's number of elements. Each function
+  each block belong to that parameter (absent when every parameter fills its blocks: then there is no
+  padding), and SEGMENT_SIZES, each parameter's number of elements. Each function
   then returns a tensor shaped like x holding, at every element, the reduction over that element's
   parameter: a sum per block (a plain, fused reduction), an index_add of the block sums (one per block, not
   per element: scatter is slow in inductor's CPU code), then a gather per block.
@@ -54,9 +55,11 @@ def _stored(values: Tensor) -> Tensor:
 
 def _totals(x: Tensor, s: dict[str, Any]) -> Tensor:
     rows = _blocks(x, s)
-    ids, valid = s[SEGMENT_IDS], s[SEGMENT_VALID]
-    keep = torch.arange(rows.shape[1], device=x.device)[None, :] < valid[:, None]
-    partial = torch.where(keep, rows, torch.zeros((), dtype=x.dtype, device=x.device)).sum(1)
+    ids = s[SEGMENT_IDS]
+    if SEGMENT_VALID in s:
+        keep = torch.arange(rows.shape[1], device=x.device)[None, :] < s[SEGMENT_VALID][:, None]
+        rows = torch.where(keep, rows, torch.zeros((), dtype=x.dtype, device=x.device))
+    partial = rows.sum(1)
     return torch.zeros(s[SEGMENT_SIZES].shape, dtype=x.dtype, device=x.device).index_add_(0, ids, partial)
 
 
@@ -129,7 +132,10 @@ def segment_layout(sizes: list[int], offsets: list[int], total: int, device: tor
         if size % block:
             valid[first + count - 1] = size % block
     counts = torch.tensor([*sizes, 1], dtype=torch.float64)
-    return {SEGMENT_IDS: ids.to(device), SEGMENT_VALID: valid.to(device), SEGMENT_SIZES: counts.to(device)}
+    layout = {SEGMENT_IDS: ids.to(device), SEGMENT_SIZES: counts.to(device)}
+    if any(size % block for size in sizes):  # else no block holds padding: the sums need no mask
+        layout[SEGMENT_VALID] = valid.to(device)
+    return layout
 
 
 # -- rows: each parameter of two or more dimensions viewed as (size(0), -1) -----------------------------------
