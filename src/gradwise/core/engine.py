@@ -166,9 +166,9 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
         NaN or infinity. The default, "skip", leaves every parameter and every state tensor untouched and
         counts the step in `skipped_steps`: one bad batch (an overflow in mixed precision, a division by
         zero in a loss) would otherwise write NaN into the moment estimates, from which Adam-like methods
-        never recover. The check reads each gradient once more (one reduction per tensor and one host
-        synchronisation per step); "ignore" removes it and behaves as torch.optim does, "raise" stops
-        with an error that names the parameter.
+        never recover. The check reads each gradient once more (one reduction per tensor, or per flat
+        gradient buffer under compile, and one host synchronisation per step); "ignore" removes it and
+        behaves as torch.optim does, "raise" stops with an error that names the parameter.
       compile (False | True | "inductor" | "aot_eager" | "eager", per optimizer, keyword-only, default False):
         run each param group's chain under torch.compile (True: the inductor backend), with the numbers
         that change every step passed as 0-dim tensors, so one graph serves every step; elementwise chains
