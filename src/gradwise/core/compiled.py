@@ -64,10 +64,14 @@ ALIGN = 16  # elements: each view in a flat buffer starts on a 64-byte boundary 
 # reduction and by the final write) then costs a parameter-sized allocation every step, which the OS faults in
 # page by page (half the step's time on 100 x 100k). Recomputed from the updated state instead, its producer
 # also fuses into the reduction's loop: 2 passes over memory, no allocation (cadamw 100 x 100k: 57 -> 28 ms).
-# Longer chains (cademamix) reach the threshold on the number of ops (30) instead (65 -> 33 ms).
+# Longer chains (cademamix) reach the threshold on the number of ops (30) instead (65 -> 33 ms). Since the
+# coefficients are packed into one tensor (PackedCoefficients), each coefficient read counts toward
+# realize_acc_reads_threshold (12 on the CPU): AdEMAMix's direction crossed it and was again stored in a fresh buffer
+# every step (cademamix 100 x 100k, 1 thread: 55 -> 24 ms; the other flat chains gain nothing from it).
 SEGMENTED_INDUCTOR_OPTIONS: dict[str, str | int | bool | Callable] = {
     "realize_reads_threshold": 64,
     "realize_opcount_threshold": 1000,
+    "realize_acc_reads_threshold": 64,
 }
 
 _names = itertools.count()
