@@ -52,9 +52,11 @@ class Adan(ChainOptimizer):
     _grad_norm: Tensor | None = None
 
     def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
-        clipping = any(group["max_grad_norm"] > 0 for group in self.param_groups)
+        self._grad_norm = None
+        if not any(group["max_grad_norm"] > 0 for group in self.param_groups):
+            return  # no clipping: no need to read every gradient
         grads = [p.grad for _, params in work for p in params if p.grad is not None]  # all have one
-        self._grad_norm = global_grad_norm(grads) if clipping and grads else None
+        self._grad_norm = global_grad_norm(grads) if grads else None
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
         clip: tuple[Transform, ...] = ()
