@@ -99,12 +99,14 @@ class QuantizedLayout(_BucketViews):
                 self.views[k + absmax_suffix].append(scales)
             st["step"] = self.steps[i]
             self.views["step"].append(st["step"])
-        self.valid = valid.to(device)
-        # what the compiled function receives: (blocks, block) views of the flat buffers
-        self.param_rows = self.param.view(blocks, block)
-        self.grad_rows = self.grad.view(blocks, block)
+        self.valid = valid.to(device=device, dtype=torch.float32)  # exact: a block holds fewer than 2^24 values
+        # what the compiled function receives: (blocks, block) views of the flat buffers, or (blocks, block / 8, 8)
+        # when the block is a multiple of 8, so that the codes are read as int32 words (`dequantize_rows`)
+        rows = (blocks, block // 8, 8) if block % 8 == 0 else (blocks, block)
+        self.param_rows = self.param.view(rows)
+        self.grad_rows = self.grad.view(rows)
         self.param_rows.grad = self.grad_rows
-        self.code_rows = {k: codes.view(blocks, block) for k, codes in self.codes.items()}
+        self.code_rows = {k: codes.view(rows) for k, codes in self.codes.items()}
         self.ptrs = [p.data_ptr() for p in members]
 
     @staticmethod
@@ -146,14 +148,16 @@ def _quantized_chain(kernels: tuple[Callable, ...], maximize: bool, keys: tuple[
     quantize = _quantize()
 
     def run_chain_quantized(g: Tensor, p: Tensor, codes: dict, absmax: dict, valid: Tensor, cs: tuple) -> None:
-        # everything is a (blocks, block) matrix: the compiled loops run over rows, one scale per row
+        # everything is shaped (blocks, ...): the compiled loops run over blocks, one scale per block
         s = {k: quantize.dequantize_rows(codes[k], absmax[k], signed) for k, signed in keys}
         u = -g if maximize else g
         for i, kernel in enumerate(kernels):
             u = kernel(u, p, s, cs[i])
         if set(s) != {k for k, _ in keys}:
             raise Unsupported("a kernel added a state tensor")
-        inside = torch.arange(block, device=g.device) < valid[:, None]  # the padding of each parameter reads 0
+        # the padding of each parameter reads 0 (float32 positions: inductor's int64 masks are slower)
+        position = torch.arange(block, device=g.device, dtype=torch.float32).view(g.shape[1:])
+        inside = position < valid.view(-1, *(1 for _ in g.shape[1:]))
         for k, signed in keys:
             new_codes, new_absmax = quantize.quantize_rows(torch.where(inside, s[k], 0.0), signed)
             codes[k].copy_(new_codes)

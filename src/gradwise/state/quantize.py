@@ -22,6 +22,12 @@ scaled by its own float32 absmax into [-1, 1] and rounded to the nearest code (a
 float32 bits, equal to `torch.bucketize` on the midpoints between codes and a few times faster). A stored
 tensor is the uint8 code indices plus one float32 per block.
 
+Under torch.compile the values of codes come from arithmetic instead of a table (`_decode_arithmetic`):
+inductor's CPU code loads table entries one vector lane at a time, and arithmetic, comparisons and `where`
+stay vectorised. In decade j (magnitude indices m in [2^j, 2^(j+1))) a code's value is the exact fraction
+(9 m + P_j) / Q_j, P_j = 9 - 8 * 2^j, Q_j = 10^(B - j) * 2^j (B = 7 signed, 8 unsigned), so one float32
+division rounds it as the table does (checked for all 256 codes by the tests).
+
 Non-finite input: NaN and infinities have no code. A block holding any of them is stored with a NaN
 scale, so every value of that block reads back as NaN: the damage stays visible and stays inside the
 block instead of silently clipping to a finite number. (Optimizers keep non-finite values out of their
@@ -31,6 +37,7 @@ state with `nonfinite="skip"`, the default.)
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 
 import torch
@@ -131,6 +138,31 @@ def _nearest_codes(normalized: Tensor, signed: bool) -> Tensor:
     return index.mul_(sign.view(-1) | 1).add_(_SIGNED_ZERO).view(normalized.shape)
 
 
+def _decade_constants(signed: bool) -> tuple[tuple[float, float, float], ...]:
+    """Per decade j: (its first magnitude index 2^j, P_j, Q_j)."""
+    magnitude_bits = 7 if signed else 8
+    return tuple((float(2**j), 9.0 - 8.0 * 2**j, float(10 ** (magnitude_bits - j) * 2**j))
+                 for j in range(magnitude_bits))
+
+
+_DECADES = {signed: _decade_constants(signed) for signed in (True, False)}
+
+
+def _decode_arithmetic(codes: Tensor, signed: bool) -> Tensor:
+    """`dynamic_map(signed)[codes]` (the signed map's unused code 255 reads NaN) from float32 code indices,
+    without a table: comparisons, `where` and one division, all of which inductor vectorises."""
+    offset = codes - float(_SIGNED_ZERO) if signed else codes
+    magnitude = offset.abs() if signed else offset
+    shift, divisor = torch.zeros_like(magnitude), torch.ones_like(magnitude)
+    for first, p, q in _DECADES[signed]:
+        inside = magnitude >= first
+        shift, divisor = torch.where(inside, p, shift), torch.where(inside, q, divisor)
+    if signed:
+        shift = torch.where(magnitude > float(_SIGNED_ZERO), float("nan"), shift)
+    value = (magnitude * 9.0 + shift) / divisor
+    return torch.where(offset < 0, -value, value) if signed else value
+
+
 def quantize(x: Tensor, block: int, signed: bool = True) -> tuple[Tensor, Tensor]:
     """Round `x` block-wise to the dynamic map: (uint8 codes shaped like x, float32 absmax per block).
 
@@ -150,16 +182,21 @@ def quantize(x: Tensor, block: int, signed: bool = True) -> tuple[Tensor, Tensor
 
 def quantize_rows(rows: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     """`quantize` of float32 `rows` shaped (blocks, block), one block a row: (uint8 codes of that shape,
-    float32 absmax per row). The arithmetic of every 8-bit path (eager, per-parameter and flat compiled)."""
-    absmax = rows.abs().amax(dim=1)
+    float32 absmax per row). The arithmetic of every 8-bit path (eager, per-parameter and flat compiled).
+    Rows may also be shaped (blocks, ...): each block is then everything after the first dimension."""
+    dims = tuple(range(1, rows.dim()))
+    absmax = rows.abs().amax(dim=dims)
     finite = torch.isfinite(absmax)  # amax propagates NaN, and an infinity is the max: the block is finite
     absmax = torch.where(finite, absmax, torch.full_like(absmax, float("nan")))
     scale = torch.where(finite & (absmax > 0), absmax, torch.ones_like(absmax))
-    normalized = rows / scale[:, None]
+    normalized = rows / scale.view(-1, *(1 for _ in dims))
     # NaN -> 0, +-inf -> +-1 (only in blocks that are not finite, whose scale is 1): what torch.nan_to_num and the
-    # clamp do, in a form torch.compile's CPU code runs about twice as fast
-    normalized = torch.where(torch.isnan(normalized), 0.0, normalized).clamp_(-1.0, 1.0)
-    return _nearest_codes(normalized, signed).to(torch.uint8), absmax
+    # clamp do, in a form torch.compile's CPU code vectorises (x != x is the NaN test)
+    normalized = torch.where(normalized != normalized, 0.0, normalized).clamp_(-1.0, 1.0)
+    codes = _nearest_codes(normalized, signed)
+    if torch.compiler.is_compiling():
+        codes = codes.float()  # inductor's CPU code converts int32 to uint8 one lane at a time, float32 in vectors
+    return codes.to(torch.uint8), absmax
 
 
 @_per_device
@@ -172,10 +209,26 @@ def _lookup(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 def dequantize_rows(codes: Tensor, absmax: Tensor, signed: bool = True) -> Tensor:
-    """The float32 values of uint8 `codes` shaped (blocks, block) with one scale per row (`quantize_rows`).
-    int32 indices: torch.compile's CPU code for the look-up is about twice as fast as with int64."""
+    """The float32 values of uint8 `codes` shaped (blocks, block) with one scale per row (`quantize_rows`);
+    codes shaped (blocks, groups, 8) (`gradwise.core.compiled_state`'s layout) give values of that shape.
+    Under torch.compile the values come from `_decode_arithmetic` instead of a table, and codes shaped
+    (blocks, groups, 8) are read as two int32 words per group of 8: inductor's CPU code loads a vector of
+    uint8 through a copy on the stack, several times slower than a vector of int32."""
+    scale = absmax.to(torch.float32).view(-1, *(1 for _ in range(codes.dim() - 1)))
+    if torch.compiler.is_compiling():
+        return _decode_arithmetic(_code_indices(codes), signed) * scale
     values, _ = _lookup(signed, codes.device)
-    return values[codes.int()] * absmax.to(torch.float32)[:, None]
+    return values[codes.int()] * scale
+
+
+def _code_indices(codes: Tensor) -> Tensor:
+    """uint8 codes as float32 indices; codes shaped (..., 8) are unpacked from two little-endian int32 words."""
+    if codes.dim() < 2 or codes.shape[-1] != 8 or not codes.is_contiguous() or sys.byteorder != "little":
+        return codes.float()
+    words = codes.view(torch.int32)  # (..., 2)
+    lane = torch.arange(8, device=codes.device, dtype=torch.int32)
+    word = torch.where(lane < 4, words[..., 0:1], words[..., 1:2])
+    return ((word >> ((lane & 3) * 8)) & 255).float()
 
 
 def dequantize(
