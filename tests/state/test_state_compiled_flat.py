@@ -15,6 +15,7 @@ import torch
 
 import gradwise as gw
 import gradwise.state  # noqa: F401  (registers state_bits)
+from gradwise.core import compiled_state
 from gradwise.core.compiled_state import QuantizedLayout
 
 NAMES = ["adamw", "adabelief", "adan"]
@@ -120,6 +121,22 @@ def test_flat_8_bit_steps_equal_eager_ones_and_checkpoints_move_both_ways(name):
     assert_same_state(eager, flat)
     assert_same_params(eager_params, flat_params)
     assert all(float(flat.state[p]["step"]) == 20 for p in flat_params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_bucket_in_several_chunks_steps_as_eager(name, monkeypatch):
+    """Chunks of 3 blocks (the bucket holds 55 blocks: two empty ones complete the last chunk), each its
+    own compiled call over views of the same buffers."""
+    monkeypatch.setattr(compiled_state, "_CHUNK_VALUES", 3 * 64)
+    eager_params, flat_params = parameters(shapes=BIG), parameters(shapes=BIG)
+    eager, flat = make(name, eager_params), make(name, flat_params, compile="eager")
+    run(eager, eager_params, 6)
+    run(flat, flat_params, 6)
+    (layout,) = layouts(flat)
+    assert layout.chunk == 3 and len(layout.chunks) == 19 and layout.param.numel() == 57 * 64
+    assert float(layout.valid[-1]) == 0 and float(layout.absmax["exp_avg"][-1]) == 0
+    assert_same_state(eager, flat)
+    assert_same_params(eager_params, flat_params)
 
 
 def test_small_tensors_keep_32_bit_state_on_the_per_parameter_path():

@@ -36,6 +36,10 @@ from .compiled import Unsupported, _BucketViews, _fresh, coefficient_pattern, co
 __all__ = ["QuantizedLayout", "run_quantized"]
 
 _names = itertools.count()
+# Values per compiled call. The intermediates that inductor keeps (decoded and new state, one float32 buffer each)
+# are allocated on each call; above glibc's mmap threshold (32 MiB at most) every call maps fresh pages and
+# faults them in, which took about a third of the step on 10M values. Chunks of 2^19 values keep them at 2 MiB.
+_CHUNK_VALUES = 1 << 19
 
 
 def _storage() -> Any:
@@ -61,6 +65,10 @@ class QuantizedLayout(_BucketViews):
         for n in sizes:
             offsets.append(total)
             total += -(-n // block) * block
+        # one compiled call per chunk of `chunk` blocks, all of one shape: the bucket is padded with empty blocks
+        # to a whole number of chunks (see `_CHUNK_VALUES`)
+        self.chunk = chunk = max(1, min(total // block, _CHUNK_VALUES // block))
+        total = -(-total // (chunk * block)) * chunk * block
         blocks = total // block
         self.members = members
         self.states = states
@@ -74,6 +82,7 @@ class QuantizedLayout(_BucketViews):
                       for k, signed in keys}
         self.absmax = {k: torch.zeros(blocks, dtype=torch.float32, device=device) for k, _ in keys}
         valid = torch.full((blocks,), block, dtype=torch.int32)
+        valid[sum(-(-n // block) for n in sizes):] = 0  # the empty blocks that complete the last chunk
         self.steps = torch.full((len(members),), t, dtype=torch.float32)
         self.grads: list[Tensor] = []
         self.views: dict[str, list[Tensor]] = {"step": []}
@@ -103,10 +112,15 @@ class QuantizedLayout(_BucketViews):
         # what the compiled function receives: (blocks, block) views of the flat buffers, or (blocks, block / 8, 8)
         # when the block is a multiple of 8, so that the codes are read as int32 words (`dequantize_rows`)
         rows = (blocks, block // 8, 8) if block % 8 == 0 else (blocks, block)
-        self.param_rows = self.param.view(rows)
-        self.grad_rows = self.grad.view(rows)
-        self.param_rows.grad = self.grad_rows
-        self.code_rows = {k: codes.view(rows) for k, codes in self.codes.items()}
+        param_rows, grad_rows = self.param.view(rows), self.grad.view(rows)
+        code_rows = {k: codes.view(rows) for k, codes in self.codes.items()}
+        self.chunks = []  # per chunk: the arguments of the compiled function but the coefficients
+        for first in range(0, blocks, chunk):
+            part = slice(first, first + chunk)
+            param_part, grad_part = param_rows[part], grad_rows[part]
+            param_part.grad = grad_part
+            self.chunks.append((grad_part, param_part, {k: c[part] for k, c in code_rows.items()},
+                                {k: a[part] for k, a in self.absmax.items()}, self.valid[part]))
         self.ptrs = [p.data_ptr() for p in members]
 
     @staticmethod
@@ -268,7 +282,9 @@ def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
         quantize._lookup(signed, key[1])
         quantize._magnitude_tables(signed, key[1])
     try:
-        fn(layout.grad_rows, layout.param_rows, layout.code_rows, layout.absmax, layout.valid, fill(slots, values))
+        coefficients = fill(slots, values)
+        for chunk in layout.chunks:
+            fn(*chunk, coefficients)
     except Exception as error:  # tracing or compiling failed: nothing was written yet
         holder.functions[fkey] = None
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
