@@ -40,6 +40,7 @@ def test_compiled_decoding_of_word_packed_codes_is_the_table(signed):
     absmax = torch.tensor([1.0, 0.5, 3.0])
     compiled = torch.compile(quantize.dequantize_rows, backend="eager", fullgraph=True)
     expected = table(signed)[codes.long()] * absmax[:, None, None]
+    assert same_bits(compiled(codes, absmax, signed, True), expected)
     assert same_bits(compiled(codes, absmax, signed), expected)
     assert same_bits(quantize.dequantize_rows(codes, absmax, signed), expected)  # eager: the table itself
     assert torch.equal(quantize._code_indices(codes), codes.float())

@@ -162,8 +162,9 @@ def _quantized_chain(kernels: tuple[Callable, ...], maximize: bool, keys: tuple[
     quantize = _quantize()
 
     def run_chain_quantized(g: Tensor, p: Tensor, codes: dict, absmax: dict, valid: Tensor, cs: tuple) -> None:
+        words = g.dim() == 3  # (blocks, block / 8, 8): the codes start on a block boundary, read as int32 words
         # everything is shaped (blocks, ...): the compiled loops run over blocks, one scale per block
-        s = {k: quantize.dequantize_rows(codes[k], absmax[k], signed) for k, signed in keys}
+        s = {k: quantize.dequantize_rows(codes[k], absmax[k], signed, words) for k, signed in keys}
         u = -g if maximize else g
         for i, kernel in enumerate(kernels):
             u = kernel(u, p, s, cs[i])

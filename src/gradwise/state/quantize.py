@@ -208,22 +208,23 @@ def _lookup(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
     return padded.to(device), padded[:0].to(device)
 
 
-def dequantize_rows(codes: Tensor, absmax: Tensor, signed: bool = True) -> Tensor:
-    """The float32 values of uint8 `codes` shaped (blocks, block) with one scale per row (`quantize_rows`);
-    codes shaped (blocks, groups, 8) (`gradwise.core.compiled_state`'s layout) give values of that shape.
-    Under torch.compile the values come from `_decode_arithmetic` instead of a table, and codes shaped
-    (blocks, groups, 8) are read as two int32 words per group of 8: inductor's CPU code loads a vector of
-    uint8 through a copy on the stack, several times slower than a vector of int32."""
+def dequantize_rows(codes: Tensor, absmax: Tensor, signed: bool = True, words: bool = False) -> Tensor:
+    """The float32 values of uint8 `codes` shaped (blocks, ...) with one scale per block (`quantize_rows`).
+    Under torch.compile the values come from `_decode_arithmetic` instead of a table, and with `words=True`
+    codes shaped (blocks, groups, 8), contiguous and starting on a 4-byte boundary (the layout of
+    `gradwise.core.compiled_state`), are read as two int32 words per group of 8: inductor's CPU code loads a
+    vector of uint8 through a copy on the stack, several times slower than a vector of int32."""
     scale = absmax.to(torch.float32).view(-1, *(1 for _ in range(codes.dim() - 1)))
     if torch.compiler.is_compiling():
-        return _decode_arithmetic(_code_indices(codes), signed) * scale
+        return _decode_arithmetic(_code_indices(codes) if words else codes.float(), signed) * scale
     values, _ = _lookup(signed, codes.device)
     return values[codes.int()] * scale
 
 
 def _code_indices(codes: Tensor) -> Tensor:
-    """uint8 codes as float32 indices; codes shaped (..., 8) are unpacked from two little-endian int32 words."""
-    if codes.dim() < 2 or codes.shape[-1] != 8 or not codes.is_contiguous() or sys.byteorder != "little":
+    """Contiguous uint8 codes shaped (..., 8) that start on a 4-byte boundary, as float32 indices read from two
+    little-endian int32 words per 8 codes."""
+    if sys.byteorder != "little":
         return codes.float()
     words = codes.view(torch.int32)  # (..., 2)
     lane = torch.arange(8, device=codes.device, dtype=torch.int32)
