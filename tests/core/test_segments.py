@@ -174,9 +174,11 @@ def test_segmented_inductor_float32_matches_eager(name, options):
     assert_close(params, eager, 1e-5)
 
 
-@pytest.mark.parametrize("shapes", [[(5,), (20, 16), (8, 32), (3, 16, 2)], [(5,), (4, 3), (20, 16)]])
+@pytest.mark.parametrize("shapes", [[(5,), (20, 16), (8, 32), (3, 16, 2)], [(5,), (4, 3), (20, 16)],
+                                    [(256, 64), (64,), (4, 128)]])
 def test_row_sums_per_block_or_per_element_equal_per_row_sums(shapes):
-    # rows of 16k elements: counted per block of ALIGN; a row of 3 anywhere: per element
+    # rows of 16k elements: counted per block of a multiple of ALIGN (64 for the last case, where every offset
+    # and row length allows it); a row of 3 anywhere: per element
     tensors = make_params(shapes=shapes)
     sizes = [t.numel() for t in tensors]
     offsets, total = [], 0
@@ -189,7 +191,12 @@ def test_row_sums_per_block_or_per_element_equal_per_row_sums(shapes):
     s = {**segment_layout(sizes, offsets, total, flat.device, ALIGN),
          **row_layout([t.shape for t in tensors], offsets, total, flat.device, ALIGN)}
     aligned = all(len(sh) < 2 or torch.Size(sh).numel() // sh[0] % ALIGN == 0 for sh in shapes)
-    assert s[ROW_IDS].shape == ((total // ALIGN) if aligned else total,)
+    blocks = s[ROW_IDS].shape[0]
+    if aligned:
+        assert total % blocks == 0 and (total // blocks) % ALIGN == 0
+        assert total // blocks == (64 if shapes[0] == (256, 64) else ALIGN)
+    else:
+        assert blocks == total
     per_row = rows_to_elements(row_sums(flat, s), flat, s)
     for t, off, n in zip(tensors, offsets, sizes, strict=True):
         if t.dim() >= 2:
@@ -199,8 +206,9 @@ def test_row_sums_per_block_or_per_element_equal_per_row_sums(shapes):
     assert [float(row_counts[i]) for i in range(len(shapes))] == [sh[0] if len(sh) >= 2 else 0 for sh in shapes]
 
 
-def test_projection_with_rows_per_block_runs_flat_and_matches_eager():
-    shapes = [(5,), (20, 16), (8, 32), (3, 16, 2)]
+@pytest.mark.parametrize("shapes", [[(5,), (20, 16), (8, 32), (3, 16, 2)], [(64, 64), (64,), (4, 128)]])
+def test_projection_with_rows_per_block_runs_flat_and_matches_eager(shapes):
+    # blocks of 16 elements, then of 64
     params, eager = make_params(shapes=shapes), make_params(shapes=shapes)
     opt = gw.create("adamp", params, lr=1e-2, delta=10.0, weight_decay=0.1, compile="eager")
     ref = gw.create("adamp", eager, lr=1e-2, delta=10.0, weight_decay=0.1)

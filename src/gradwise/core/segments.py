@@ -154,8 +154,13 @@ def row_layout(shapes: list[torch.Size], offsets: list[int], total: int, device:
     matrices = [i for i, shape in enumerate(shapes) if len(shape) >= 2 and shape.numel() > 0]
     if not matrices:
         return {}
-    if total % block or any(offsets[i] % block or (shapes[i].numel() // shapes[i][0]) % block for i in matrices):
+    # a block never straddles two rows when every matrix's offset and row length is a multiple of it (the
+    # blocks outside the matrices all read the extra row); the largest such multiple of `block`, as in
+    # segment_layout: inductor then reads a row's value once per block, not through an index per element
+    common = math.gcd(total, *(offsets[i] for i in matrices), *(shapes[i].numel() // shapes[i][0] for i in matrices))
+    if common % block:
         block = 1
+    block = max((b for b in range(block, min(common, MAX_BLOCK) + 1, block) if common % b == 0), default=block)
     row_count = sum(shapes[i][0] for i in matrices)
     ids = torch.full((total // block,), row_count, dtype=torch.int64)
     params = torch.full((row_count + 1,), len(shapes), dtype=torch.int64)
