@@ -34,17 +34,12 @@ import torch
 import gradwise
 import gradwise.state  # noqa: F401  (registers state_bits)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling script, also when loaded by path
+from compiled_step import make_params  # noqa: E402  (the same parameters and gradients as compiled_step.py)
+
 SHAPES = {"100x100k": (100, 100_000), "10x1M": (10, 1_000_000), "20x100k": (20, 100_000), "tiny": (3, 5_000)}
 OPTIMIZERS = ("adamw", "adabelief", "adan")
 CONTENDERS = ("compiled-32", "compiled-8", "eager-32", "eager-8", "fused")
-
-
-def make_params(count: int, size: int, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    params = [torch.randn(size, generator=g).requires_grad_() for _ in range(count)]
-    for p in params:
-        p.grad = torch.randn(size, generator=g) * 1e-2
-    return params
 
 
 def contenders(name: str, count: int, size: int, backend: str = "inductor") -> dict[str, Callable[[], object]]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from checkpoint_io import roundtrip
 from gradwise.averaging import EMA, LAWA, SWA, SwitchEMA
 
 
@@ -119,13 +118,6 @@ AVERAGERS = {
     "swa": lambda m: SWA(m, start=3, every=2),
     "ema_buffers": lambda m: EMA(m, decay=0.8, use_buffers=True),
 }
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.parametrize("name", sorted(AVERAGERS))

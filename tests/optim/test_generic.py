@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -11,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 from gradwise.core import Betas, Flag, Integer, Interval, OneOf, Optional
 from gradwise.core.registry import entry
 
@@ -64,13 +64,6 @@ def run(opt, params, steps, start=0):
 
 def clone(params):
     return [p.detach().clone().requires_grad_() for p in params]
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def assert_same_state(a, b):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from oracle_problem import make_problem, trajectory, worst_difference
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 from gradwise.optim.lookahead import Lookahead
 
 DT = torch.float64
@@ -65,13 +64,6 @@ def test_alpha_zero_returns_to_the_start_every_k_steps():
         for a, b in zip(ours[step], init, strict=True):
             assert torch.equal(a, b)
     assert worst_difference([ours[2]], [init]) > 1e-3
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def run(params, opt, loss_fn, steps):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import pytest
 import torch
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 from gradwise.state.master import MASTER, master_weight
 
 OPTIMIZERS = [n for n in gw.available() if gw.core.registry.entry(n).kind == "optimizer"
@@ -101,13 +101,6 @@ def test_small_updates_that_round_to_nearest_loses_add_up_in_the_master_copy():
     assert torch.equal(plain, torch.ones_like(plain))  # 1 - 1e-3 rounds back to 1 in bfloat16, every step
     assert torch.allclose(master_weight(opt, p), torch.full((64,), 0.99), atol=1e-6)
     assert torch.equal(p, torch.full((64,), 0.99).bfloat16())
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def run(steps, state=None, params=None, **extra):

@@ -8,13 +8,12 @@ a value on the edge between two codes may round the other way: there, codes may 
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 import gradwise as gw
 import gradwise.state  # noqa: F401  (registers state_bits)
+from checkpoint_io import roundtrip
 from gradwise.core import compiled_state
 from gradwise.core.compiled_state import QuantizedLayout
 
@@ -38,13 +37,6 @@ def run(opt, params, steps, start=0):
         opt.zero_grad()
         sum((torch.sin(p * (1 + (k + i) % 3)) * p).sum() for i, p in enumerate(params)).backward()
         opt.step()
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def layouts(opt):

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 from gradwise.state import NON_NEGATIVE, dequantize, max_error, quantize
 
 N, BLOCK = 4096, 256
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def trained_32_bit(steps=5):

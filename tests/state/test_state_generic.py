@@ -4,12 +4,11 @@ codes untouched, and training gets nearly as far as with 32-bit state."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 from gradwise.core.registry import entry
 
 NAMES = [n for n in gw.available() if entry(n).kind == "optimizer" and not getattr(gw.get(n), "needs_loss", False)]
@@ -34,13 +33,6 @@ def run(opt, params, steps, start=0):
         opt.zero_grad()
         loss_fn(params, k).backward()
         opt.step()
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 from gradwise.state import stochastic_round
 
 
@@ -73,13 +72,6 @@ def test_bfloat16_training_with_stochastic_rounding_follows_the_float32_trajecto
     assert (stochastic - exact).abs().mean() < 0.2 * (nearest - exact).abs().mean()
     assert (stochastic - exact).abs().mean() < 0.01
     assert all(not key.startswith("_") for key in opt.state[opt.param_groups[0]["params"][0]])
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.parametrize("extra", [{}, {"state_bits": 8, "state_min_size": 0, "state_block": 128}])

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 
 import gradwise as gw
 import gradwise.state  # noqa: F401  (registers the option until gradwise imports it itself)
+from checkpoint_io import roundtrip
 from gradwise.state import NON_NEGATIVE, max_error
 
 
 def state_bytes(opt):
     return sum(v.numel() * v.element_size() for s in opt.state.values() for k, v in s.items() if k != "step")
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 def quadratic_step(opt, p, target):
