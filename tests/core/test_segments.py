@@ -101,6 +101,10 @@ CHAINS = [
     pytest.param("adamp", {"weight_decay": 0.1, "cautious": True}, True, marks=SLOW),
     pytest.param("sgdp", {"delta": 10.0, "weight_decay": 0.1, "momentum": 0.9}, True, marks=SLOW),
     pytest.param("sgdp", {"nesterov": True, "momentum": 0.9}, True, marks=SLOW),
+    # one number per parameter in the state, a column on the flat path (drift: float64 0-dim state on the
+    # per-parameter path runs eagerly with a warning; tests/core/test_scalar_state.py covers it)
+    ("adagradnorm", {}, False),
+    ("sgdsai", {"eps": 0.1}, False),  # eps: the (1,) tensor's gsnr |g| / eps is otherwise 1e8, a chaotic run
 ]
 
 

@@ -142,14 +142,15 @@ def test_elementwise_chains_run_on_a_flat_buffer(name, option):
     if any(tr.segmented == "rows" for tr in chain):  # AdamP's projection: rows of the (4, 3) matrix too
         segments.update(row_layout([p.shape for p in separate], [0, sizes[0]], sum(sizes), flat.device))
     flat_state: dict = dict(segments) if any(tr.segmented for tr in chain) else {}
-    for tr in chain:
-        for p, st in zip(separate, states, strict=True):
-            st.update(tr.init(p))
-        flat_state.update(tr.init(flat))
     with torch.no_grad():
         for step in range(1, STEPS + 1):
             gradients(step, separate)
             grads = [p.grad for p in separate]
+            if step == 1:  # state allocated at the first step, as the engine does (SGD-SaI's reads the gradient)
+                for tr in chain:
+                    for p, st in zip(separate, states, strict=True):
+                        st.update(tr.init(p))
+                flat_state.update(flat_layout_state(states))
             u_flat = torch.cat([g.reshape(-1) for g in grads])
             flat.grad = u_flat  # kernels that read p.grad (AdamP's projection) find the flat gradient
             for tr in chain:
@@ -163,4 +164,18 @@ def test_elementwise_chains_run_on_a_flat_buffer(name, option):
     torch.testing.assert_close(flat, torch.cat([p.reshape(-1) for p in separate]), rtol=1e-13, atol=1e-15)
     assert flat_state.keys() == states[0].keys()
     for key, value in flat_state.items():
+        if value.dim() == 2:  # one number per parameter: a column, its last row the padding's
+            value = value[:-1, 0]
         torch.testing.assert_close(value, torch.cat([st[key].reshape(-1) for st in states]), rtol=1e-13, atol=1e-15)
+
+
+def flat_layout_state(states):
+    """The per-parameter states as the flat layout holds them: per-element state concatenated, 0-dim state (one
+    number per parameter: AdaGrad-Norm's b^2, SGD-SaI's gsnr) as a column with a row for the padding."""
+    out = {}
+    for key, first in states[0].items():
+        if first.dim() == 0:
+            out[key] = torch.stack([*(st[key] for st in states), torch.zeros_like(first)])[:, None]
+        else:
+            out[key] = torch.cat([st[key].reshape(-1) for st in states])
+    return out

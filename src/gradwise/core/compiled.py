@@ -18,6 +18,9 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
   and the parameters of a (group, dtype, device) bucket that have a gradient this step are contiguous and
   share one step count: those parameters, their gradients and their state become views of one flat buffer
   each (`p.data`, `p.grad` and `state[p][key]` are re-pointed), and one compiled call updates the bucket.
+  State of one number per parameter (0-dim: AdaGrad-Norm's b^2, SGD-SaI's gsnr) is one column per key,
+  each `state[p][key]` a 0-dim view of its row; a segmented chain reads it per element with
+  `gradwise.core.segments.segment_value` (a chain that is not segmented keeps such a bucket per parameter).
   When the set of parameters with a gradient changes, the buffers are gathered again (the old ones live on
   while a parameter still views them); step counts that drift apart send the bucket to the next path.
   `state_dict` still hands out one tensor per parameter in torch's format. Every step checks, by identity
@@ -338,6 +341,8 @@ class FlatLayout(_BucketViews):
             offsets.append(total)
             total += -(-n // ALIGN) * ALIGN
         keys = [k for k in states[0] if k != "step"]
+        # a key of 0-dim state where some parameter is not 0-dim: one number per parameter (see eligible)
+        self.scalar_keys = frozenset(_scalar_keys(members, states))
         self.members = members
         self.offsets = offsets
         self.sizes = sizes
@@ -348,7 +353,13 @@ class FlatLayout(_BucketViews):
         self.param = torch.zeros(total, dtype=dtype, device=device)
         self.grad = torch.zeros(total, dtype=dtype, device=device)
         self.param.grad = self.grad  # for kernels that read p.grad, as they may in eager
-        self.state = {k: torch.zeros(total, dtype=states[0][k].dtype, device=device) for k in keys}
+        # per-parameter numbers: a column with a row per parameter and one for the padding-only blocks
+        # (gradwise.core.segments.segment_value reads it per element)
+        self.state = {
+            k: torch.zeros((len(members) + 1, 1) if k in self.scalar_keys else total, dtype=states[0][k].dtype,
+                           device=device)
+            for k in keys
+        }
         self.steps = torch.full((len(members),), t, dtype=torch.float32)
         self.grads: list[Tensor] = []
         self.views: dict[str, list[Tensor]] = {k: [] for k in (*keys, "step")}
@@ -361,7 +372,7 @@ class FlatLayout(_BucketViews):
             p.grad = g
             self.grads.append(g)
             for k in keys:
-                sv = self.state[k][off : off + n].view(p.shape)
+                sv = self.state[k][i, 0] if k in self.scalar_keys else self.state[k][off : off + n].view(p.shape)
                 sv.copy_(st[k])
                 st[k] = sv
                 self.views[k].append(sv)
@@ -387,12 +398,17 @@ class FlatLayout(_BucketViews):
         for k, flat in self.state.items():
             if buffers.get(k) is flat:
                 continue
-            for p, st, off in zip(self.members, self.states, self.offsets, strict=True):
-                st[k] = flat[off : off + p.numel()].view(p.shape)
+            for i, (p, st, off) in enumerate(zip(self.members, self.states, self.offsets, strict=True)):
+                st[k] = flat[i, 0] if k in self.scalar_keys else flat[off : off + p.numel()].view(p.shape)
 
     @staticmethod
-    def eligible(members: list[Tensor], states: list[dict]) -> float | None:
-        """The common step count if the bucket can be laid out flat, else None."""
+    def eligible(members: list[Tensor], states: list[dict], scalars: bool = False) -> float | None:
+        """The common step count if the bucket can be laid out flat, else None. Each state tensor must be
+        shaped like its parameter, or, if `scalars` (the chain reads such state through segment_value), be
+        0-dim for every parameter: one number per parameter."""
+        scalar = set(_scalar_keys(members, states))
+        if scalar and not scalars:
+            return None
         keys = {k for k in states[0]}
         steps = set()
         dtypes: dict[str, torch.dtype] = {}
@@ -406,7 +422,8 @@ class FlatLayout(_BucketViews):
             for k, v in st.items():
                 if k == "step":
                     continue
-                if not isinstance(v, Tensor) or v.shape != p.shape or v.device != p.device:
+                shape = () if k in scalar else p.shape
+                if not isinstance(v, Tensor) or v.shape != shape or v.device != p.device:
                     return None
                 if dtypes.setdefault(k, v.dtype) != v.dtype:
                     return None
@@ -419,6 +436,18 @@ class FlatLayout(_BucketViews):
             all(map(operator.is_, map(dict.get, self.states, itertools.repeat(k)), views))
             for k, views in self.views.items()
         )
+
+
+def _scalar_keys(members: list[Tensor], states: list[dict]) -> list[str]:
+    """The state keys that hold one number per parameter: 0-dim where a parameter is not (a bucket of 0-dim
+    parameters keeps all its state per element, where a number per parameter is one per element)."""
+    return [
+        k for k, v in states[0].items()
+        if k != "step" and isinstance(v, Tensor) and v.dim() == 0
+        and any(p.dim() != 0 and isinstance(st.get(k), Tensor) and st[k].dim() == 0
+                for p, st in zip(members, states, strict=True))
+    ]
+
 
 # -- the engine's entry points ---------------------------------------------------------------------------------
 Plan = dict[int, dict[tuple, tuple[list[Tensor], FlatLayout | None]]]
@@ -669,7 +698,7 @@ class CompiledStep:
                 if "step" not in st:
                     self.optimizer._init_state(p, st, chain)
                 states.append(st)
-            t = FlatLayout.eligible(members, states)
+            t = FlatLayout.eligible(members, states, any(tr.segmented for tr in chain))
             if t is None:
                 return False
             layout = FlatLayout(members, states, t)

@@ -14,7 +14,13 @@ A kernel that reduces over its parameter (a mask's sum, a norm) calls these with
   parameter: a sum per block (a plain, fused reduction), an index_add of the block sums (one per block, not
   per element: scatter is slow in inductor's CPU code), then a gather per block.
 
-Either result broadcasts against x, so a kernel written with these functions runs on both paths. Such a
+Either result broadcasts against x, so a kernel written with these functions runs on both paths.
+
+State of one number per parameter (a 0-dim tensor in eager, AdaGrad-Norm's b^2, SGD-SaI's g-SNR) is, on the
+flat path, one column of shape (parameters + 1, 1) (the last row, of the padding-only blocks, is unused):
+each parameter's state entry is a 0-dim view of its row (state_dict is unchanged). A kernel updates it with
+the same in-place ops as in eager (adding a 0-dim tensor adds it to every parameter's number) and reads it
+at every element of x with `segment_value`. Such a
 transform is marked `segmented=True` (see `kernel_transform`), which lets the compiled engine run it flat.
 A kernel that combines several reductions (the cautious mask's numel / (sum + 1)) does so per parameter,
 with `segment_sums`, `segment_sizes` and one `segment_broadcast` of the result: the per-parameter numbers are
@@ -85,6 +91,16 @@ def segment_broadcast(values: Any, x: Tensor, s: dict[str, Any]) -> Any:
     if SEGMENT_IDS not in s:
         return values
     return _per_element(_stored(values), x, s)
+
+
+def segment_value(state: Tensor, x: Tensor, s: dict[str, Any]) -> Tensor:
+    """A per-parameter number kept in the state (0-dim in eager, a flat layout's column on the flat path) at
+    every element of x on a flat buffer; unchanged otherwise (a 0-dim tensor broadcasts by itself). A column
+    is told apart by its two dimensions: a flat buffer and its per-element state are 1-D (a bucket of 0-dim
+    parameters keeps 0-dim state per element, which is already each element's value)."""
+    if SEGMENT_IDS not in s or state.dim() != 2:
+        return state
+    return _per_element(state[:, 0], x, s)
 
 
 def segment_sum(x: Tensor, s: dict[str, Any]) -> Tensor:

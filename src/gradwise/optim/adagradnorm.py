@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..core import ChainOptimizer, NonNegative, Positive, Transform, kernel_transform, register
+from ..core.segments import segment_value
 
 _KEY = "sum_sq_norm"
 
@@ -24,19 +25,20 @@ def accumulate_squared_norm(sq_norm: Tensor, b0: float, key: str = _KEY) -> Tran
         s[key].add_(c[0].to(device=s[key].device, dtype=s[key].dtype))
         return u
 
-    # the norm, a 0-dim tensor of this step, is the coefficient; the scalar state makes it not elementwise
-    return kernel_transform(kernel, lambda t: (sq_norm,), init)
+    # the norm, a 0-dim tensor of this step, is the coefficient; on the flat path s[key] is a column of one
+    # b^2 per parameter (gradwise.core.segments), to which the same add_ adds the norm
+    return kernel_transform(kernel, lambda t: (sq_norm,), init, segmented=True)
 
 
 def norm_scaled_step(lr: float, key: str = _KEY) -> Transform:
     """p <- p - lr u / sqrt(b^2), b^2 read from state[key]."""
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        b = s[key].sqrt().to(device=u.device, dtype=u.dtype)
+        b = segment_value(s[key], u, s).sqrt().to(device=u.device, dtype=u.dtype)
         p.sub_(u.div(b).mul_(c[0]))
         return u
 
-    return kernel_transform(kernel, lambda t: (lr,), writes=True)
+    return kernel_transform(kernel, lambda t: (lr,), writes=True, segmented=True)
 
 
 @register(
@@ -58,7 +60,8 @@ class AdaGradNorm(ChainOptimizer):
     ||G|| is the norm of the full gradient vector, as in the paper, computed once per step in `prepare`.
     b^2 is kept in each parameter's state (key "sum_sq_norm", a scalar tensor, float32 or wider) so that
     state_dict, load_state_dict and the engine's per-parameter state work unchanged: every parameter
-    adds the same ||G||^2, so the copies are equal while all parameters receive gradients together. A
+    adds the same ||G||^2, so the copies are equal while all parameters receive gradients together (with
+    compile=True they are 0-dim views of one buffer, and the step runs as one call per bucket). A
     parameter that has no gradient on a step does not add that step's norm (it is not updated either),
     and one first seen later starts from its own b0^2; the paper does not consider either case. lr and b0
     are read per param group.

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..core import Transform, kernel_transform
+from ..core.segments import segment_value
 
 
 def gradient_snr(g: Tensor, eps: float) -> Tensor:
@@ -36,7 +37,8 @@ def snr_scaled_step(lr: float, eps: float, key: str = "gsnr") -> Transform:
         return (-lr,)
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        p.addcmul_(u, s[key], value=c[0])
+        p.addcmul_(u, segment_value(s[key], u, s), value=c[0])
         return u
 
-    return kernel_transform(kernel, coefficients, init, writes=True, elementwise=False)
+    # on the flat path s[key] is a column of one gsnr per parameter (gradwise.core.segments)
+    return kernel_transform(kernel, coefficients, init, writes=True, segmented=True)
