@@ -87,3 +87,32 @@ def test_options_apply_clipping_then_grokfast_then_the_mask():
 
     names = [o.name for o in engine_options()]
     assert names.index("cautious") < names.index("grokfast") < names.index("clipping")  # wrap order: last is outermost
+
+
+@pytest.mark.parametrize("compile", [False, "eager"])
+def test_mask_counts_steps_that_round_away_as_the_authors_rule_does(compile):
+    # Half of each float32 tensor sits near 1e4 (one ulp is about 1e-3), where a step of about lr = 1e-3
+    # often rounds to no change; the other half sits near 1, where every step shows. The authors' mask
+    # (m g > 0) counts the rounded-away coordinates too, and its scale numel / (sum + 1) moves the coordinates
+    # near 1; a mask read from the parameter's change would not count them and would scale those moves by
+    # about a third more.
+    torch.manual_seed(0)
+    start = torch.cat([1e4 + torch.randn(4, 256), torch.randn(4, 256)], dim=1)
+    params = [torch.nn.Parameter(x.clone()) for x in start]
+    refs = [torch.nn.Parameter(x.clone()) for x in start]
+    opt = gw.create("cadamw", params, lr=1e-3, weight_decay=0.0, compile=compile)
+    ref = ReferenceCAdamW(refs, lr=1e-3, weight_decay=0.0)
+    rounded_away = 0
+    for _ in range(5):
+        grads = [torch.randn(512) for _ in params]
+        before = [p.detach().clone() for p in params]
+        for p, r, g in zip(params, refs, grads, strict=True):
+            p.grad, r.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+        rounded_away += sum(int((p.detach()[:256] == b[:256]).sum()) for p, b in zip(params, before, strict=True))
+        for p, r in zip(params, refs, strict=True):
+            # near 1: within 8 float32 ulps after 5 steps of about 1e-3 (a scale a third too large errs by 3e-4)
+            torch.testing.assert_close(p.detach()[256:], r.detach()[256:], rtol=0, atol=1e-6)
+            torch.testing.assert_close(p.detach()[:256], r.detach()[:256], rtol=0, atol=1e-2)  # 10 ulps near 1e4
+    assert rounded_away > 500  # the case this test is about happened

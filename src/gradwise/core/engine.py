@@ -59,6 +59,12 @@ class Transform(NamedTuple):
     same of a kernel whose only reductions over the tensor go through `gradwise.core.segments` (per
     parameter, also on a flat buffer); `segmented="rows"`, of one that also reduces over the rows of
     parameters of two or more dimensions (the segments' ROW_* tensors).
+
+    `direction(u, p, s, c)`, optional on a step (`writes=True`): a kernel that returns, before the step runs
+    and from the same arguments, a tensor d with the sign of what the step subtracts (the step moves p by a
+    positive multiple of -d: Adam's step, d = m; SGD's, d = u). The cautious mask reads the sign of d instead
+    of the parameter's change; it is cheaper to compute (the mask's sum must be known before any parameter
+    is written), and it is the authors' rule also where the change rounds away.
     """
 
     update: UpdateFn
@@ -68,6 +74,7 @@ class Transform(NamedTuple):
     kernel: KernelFn | None = None
     elementwise: bool = False
     segmented: bool | str = False
+    direction: KernelFn | None = None
 
 
 def no_coefficients(t: float) -> tuple[()]:
@@ -82,6 +89,7 @@ def kernel_transform(
     writes: bool = False,
     elementwise: bool = False,
     segmented: bool | str = False,
+    direction: KernelFn | None = None,
 ) -> Transform:
     """A transform in the split form the compiled engine runs (see `Transform`); its eager `update` is
     `kernel(u, p, s, coefficients(t))`."""
@@ -89,7 +97,7 @@ def kernel_transform(
     def update(u: Tensor, p: Tensor, s: State, t: float) -> Tensor:
         return kernel(u, p, s, coefficients(t))
 
-    return Transform(update, init, writes, coefficients, kernel, elementwise, segmented)
+    return Transform(update, init, writes, coefficients, kernel, elementwise, segmented, direction)
 
 
 class Storage(Protocol):

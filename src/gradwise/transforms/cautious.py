@@ -7,7 +7,11 @@ The first is the published rule (the authors' C-AdamW and C-Lion); the second, t
 used by timm's `caution` flag, rescales so that the kept coordinates carry the update's size.
 
 The mask acts on the step only, the transform marked `writes=True`: the engine snapshots p before it,
-lets it write, and keeps delta = p_after - p_before where delta g < 0 (rescaled as above). Weight decay
+lets it write, and keeps delta = p_after - p_before where delta g < 0 (rescaled as above). A step that
+declares its `direction` (Adam's step: m; SGD's and so Lion's and ADOPT's: the incoming update; see
+`gradwise.core.Transform`) is masked by the sign of that direction instead, the authors' d g > 0: the same
+mask wherever the change is not rounded away, and a compiled step whose mask sum reads only the tensors
+the direction needs (C-AdamW: m and g, not v and p). Weight decay
 and other transforms outside the step stay unmasked, as in the paper's C-AdamW. g is the update that
 enters the chain, after clipping and Grokfast when those options are on.
 
@@ -80,12 +84,13 @@ def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform,
 
     kernels = tuple(tr.kernel for tr in chain if tr.kernel is not None)  # all of them (checked above)
     writes = tuple(tr.writes for tr in chain)
+    directions = tuple(tr.direction for tr in chain)
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         grad = u
-        for inner, step, (start, end) in zip(kernels, writes, parts, strict=True):
+        for inner, step, direction, (start, end) in zip(kernels, writes, directions, parts, strict=True):
             if step:
-                u = _masked(inner, u, p, s, c[start:end], grad, mode)
+                u = _masked(inner, u, p, s, c[start:end], grad, mode, direction)
             else:
                 u = inner(u, p, s, c[start:end])
         return u
@@ -96,12 +101,15 @@ def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform,
     return (kernel_transform(kernel, coefficients, init, writes=True, segmented=segmented),)
 
 
-def _masked(inner: Callable, u: Tensor, p: Tensor, s: dict, c: Any, grad: Tensor, mode: bool | str) -> Tensor:
-    """Run one step (kernel or update) and keep only the part of its move that the mask lets through."""
+def _masked(inner: Callable, u: Tensor, p: Tensor, s: dict, c: Any, grad: Tensor, mode: bool | str,
+            direction: Callable | None = None) -> Tensor:
+    """Run one step (kernel or update) and keep only the part of its move that the mask lets through. The
+    mask reads the sign of the step's `direction` (see `Transform`) when it has one, else of the change."""
+    signs = None if direction is None else direction(u, p, s, c).neg()  # the sign of the move, before it
     before = p.detach().clone(memory_format=torch.preserve_format)
     out = inner(u, p, s, c)
     delta = p - before
-    p.copy_(before.addcmul_(delta, cautious_mask(delta, grad, mode, s)))
+    p.copy_(before.addcmul_(delta, cautious_mask(delta if signs is None else signs, grad, mode, s)))
     return out
 
 

@@ -23,7 +23,17 @@ def adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "
         p.addcdiv_(s["exp_avg"], denom, value=c[0])
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=_first_moment)
+
+
+def _first_moment(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    """The sign of Adam's step: the denominator is positive, so the step subtracts a positive multiple of m."""
+    return s["exp_avg"]
+
+
+def _incoming(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    """The sign of a step that subtracts a positive multiple of the incoming update."""
+    return u
 
 
 def sgd_step(lr: float) -> Transform:
@@ -36,7 +46,7 @@ def sgd_step(lr: float) -> Transform:
         p.add_(u, alpha=c[0])
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=_incoming)
 
 
 def folded_adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "exp_avg_sq") -> Transform:
