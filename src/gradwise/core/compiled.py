@@ -607,6 +607,17 @@ class CompiledStep:
             return True
         return self.optimizer._gradients_finite(work)  # finds the parameter for "raise"
 
+    def flat_gradients(self, work: list[tuple[dict, list[Tensor]]]) -> list[Tensor] | None:
+        """The flat gradient buffers that hold every gradient of `work` when each of its buckets has a layout in
+        place (its gradients are then the views; the alignment padding between them is zero), else None: a
+        reduction over all gradients (AdaGrad-Norm's ||G||^2) then reads a few buffers, not a tensor each."""
+        if self._plan is None or self._plan[0] is not work:
+            return None
+        layouts = [layout for buckets in self._plan[1].values() for _, layout in buckets.values()]
+        if not layouts or any(layout is None for layout in layouts):
+            return None
+        return [layout.grad for layout in layouts if layout is not None]
+
     # step, part 2: per group, after the chain is built
     def run_group(
         self, gi: int, params: list[Tensor], h: Any, chain: tuple, storage: Any, work: Any = None

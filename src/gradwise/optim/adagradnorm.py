@@ -81,7 +81,9 @@ class AdaGradNorm(ChainOptimizer):
     _sq_norm: Tensor | None = None
 
     def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
-        grads = [p.grad for _, params in work for p in params if p.grad is not None]  # all: work has gradients
+        compiled = getattr(self, "_compiled", None)  # compile=: the flat buffers, when they hold every gradient
+        flat = compiled.flat_gradients(work) if compiled is not None else None
+        grads = flat or [p.grad for _, params in work for p in params if p.grad is not None]  # all: work has them
         if not grads:
             self._sq_norm = None
             return
