@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import types
-from pathlib import Path
 
 import gradwise
 from gradwise.core.registry import entry
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "step_speed.py"
+from script_loader import load_script
 
 
 def load_step_speed():
-    spec = importlib.util.spec_from_file_location("step_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/step_speed.py", "step_speed")
 
 
 def test_step_speed_table_has_a_row_per_optimizer_with_positive_times_and_finite_floor_ratio():

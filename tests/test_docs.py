@@ -11,16 +11,14 @@ import sys
 import pytest
 
 import gradwise as gw
+from script_loader import load_script
 
 ROOT = pathlib.Path(__file__).parents[1]
 DOCS = ROOT / "docs"
 
 
 def load_generator():
-    spec = importlib.util.spec_from_file_location("gen_optimizers", DOCS / "gen_optimizers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DOCS / "gen_optimizers.py", "gen_optimizers")
 
 
 def test_generated_reference_covers_every_registered_name_and_option():
@@ -97,10 +95,7 @@ def test_migration_tables_name_real_arguments():
 
 
 def load_lab_summary():
-    spec = importlib.util.spec_from_file_location("lab_summary", DOCS / "gen" / "lab_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DOCS / "gen" / "lab_summary.py", "lab_summary")
 
 
 def test_which_optimizer_page_names_every_optimizer_and_problem_of_the_committed_lab_data():

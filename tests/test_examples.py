@@ -1,7 +1,6 @@
 """The integration examples run, learn, and keep the optimizer's state through their frameworks' checkpoints."""
 
 import copy
-import importlib.util
 import pathlib
 import shutil
 
@@ -9,15 +8,13 @@ import pytest
 import torch
 
 import gradwise as gw
+from script_loader import load_script
 
 EXAMPLES = pathlib.Path(__file__).parents[1] / "examples"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py", f"example_{name}")
 
 
 @pytest.fixture(autouse=True)

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_speed.py"
+from script_loader import load_script
 
 
 def load_step_speed():
-    spec = importlib.util.spec_from_file_location("step_speed_breakdown", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/step_speed.py", "step_speed_breakdown")
 
 
 def test_breakdown_times_every_part_cold_and_warm(capsys):

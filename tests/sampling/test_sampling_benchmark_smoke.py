@@ -1,15 +1,10 @@
 """benchmarks/sampling_quality.py still runs: a tiny table and the claims lines."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "sampling_quality.py"
+from script_loader import load_script
 
 
 def test_sampling_quality_benchmark_runs_on_a_tiny_budget():
-    spec = importlib.util.spec_from_file_location("sampling_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/sampling_quality.py", "sampling_quality")
     lines = []
     labels = ["dpmpp_2m", "hb_dpmpp_0.8", "euler_maruyama", "langevin_x2", "restart", "adaptive"]
     results = module.benchmark(["easy"], labels, [10, 30], samples=200, tolerances=[(0.2, 0.05)], echo=lines.append)

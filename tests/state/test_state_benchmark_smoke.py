@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "state_memory.py"
+from script_loader import load_script
 
 
 def load_state_memory():
-    spec = importlib.util.spec_from_file_location("state_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/state_memory.py", "state_memory")
 
 
 def test_quick_run_prints_memory_and_final_loss_tables(capsys):

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "state_speed.py"
+from script_loader import load_script
 
 
 def test_tiny_run_prints_a_row_with_every_contender_and_the_ratio(capsys):
-    spec = importlib.util.spec_from_file_location("state_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/state_speed.py", "state_speed")
     # backend "eager": dynamo traces both flat paths without inductor's slow code generation
     module.main(["--shapes", "tiny", "--optimizers", "adamw", "--repeats", "1", "--warmup", "1", "--backend", "eager"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["adamw"]]

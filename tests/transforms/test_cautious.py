@@ -2,26 +2,18 @@
 m_hat / (sqrt(v_hat) + eps) is multiplied by phi numel / (sum(phi) + 1), phi = 1[m g > 0], with the weight
 decay unmasked. The reference is shared with gradwise.CAdamW's test: tests/optim/oracle_references.py."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 import gradwise as gw
+from script_loader import load_script
 
 STEPS = 40
 
 
-def _load_shared(name):
-    """A helper module of tests/optim, loaded from its file (the test folders are not packages)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "optim" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ReferenceCAdamW = _load_shared("oracle_references").ReferenceCAdamW
+# a helper module of tests/optim (the test folders are not packages)
+ReferenceCAdamW = load_script("tests/optim/oracle_references.py", "oracle_references").ReferenceCAdamW
 
 
 def net():
