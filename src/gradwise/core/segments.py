@@ -127,16 +127,21 @@ def segment_norm(x: Tensor, s: dict[str, Any]) -> Tensor:
     return segment_broadcast(segment_sums(x * x, s).sqrt(), x, s)
 
 
+def _largest_block(common: int, block: int) -> int:
+    """The largest multiple of `block` up to MAX_BLOCK that divides `common` (of 1 when `block` does not divide
+    it): the block size of a layout whose offsets, lengths and total are all multiples of `common`."""
+    if common % block:
+        block = 1
+    return max((b for b in range(block, min(common, MAX_BLOCK) + 1, block) if common % b == 0), default=block)
+
+
 def segment_layout(sizes: list[int], offsets: list[int], total: int, device: torch.device,
                    block: int = 16) -> dict[str, Tensor]:
     """The SEGMENT_* tensors for parameters of `sizes` elements at `offsets` in a buffer of `total`: blocks of
     a multiple of `block` elements where every offset and the total allow it (else of one element, or of its
     multiples), the largest up to MAX_BLOCK (fewer blocks: fewer per-block sums, loads and loop ends in the
     compiled loops; on 100 x 100k, blocks of 800 instead of 16 take about a fifth off cadamw's step)."""
-    common = math.gcd(total, *offsets)  # every block size that divides it fits the layout
-    if common % block:
-        block = 1
-    block = max((b for b in range(block, min(common, MAX_BLOCK) + 1, block) if common % b == 0), default=block)
+    block = _largest_block(math.gcd(total, *offsets), block)  # every block size dividing the gcd fits the layout
     n = len(sizes)
     blocks = total // block
     ids = torch.full((blocks,), n, dtype=torch.int64)
@@ -173,10 +178,8 @@ def row_layout(shapes: list[torch.Size], offsets: list[int], total: int, device:
     # a block never straddles two rows when every matrix's offset and row length is a multiple of it (the
     # blocks outside the matrices all read the extra row); the largest such multiple of `block`, as in
     # segment_layout: inductor then reads a row's value once per block, not through an index per element
-    common = math.gcd(total, *(offsets[i] for i in matrices), *(shapes[i].numel() // shapes[i][0] for i in matrices))
-    if common % block:
-        block = 1
-    block = max((b for b in range(block, min(common, MAX_BLOCK) + 1, block) if common % b == 0), default=block)
+    block = _largest_block(
+        math.gcd(total, *(offsets[i] for i in matrices), *(shapes[i].numel() // shapes[i][0] for i in matrices)), block)
     row_count = sum(shapes[i][0] for i in matrices)
     ids = torch.full((total // block,), row_count, dtype=torch.int64)
     params = torch.full((row_count + 1,), len(shapes), dtype=torch.int64)
