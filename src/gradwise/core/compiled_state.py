@@ -282,15 +282,17 @@ def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
     for _, signed in layout.keys:  # filled before tracing, the tables are constants of the graph
         quantize._lookup(signed, key[1])
         quantize._magnitude_tables(signed, key[1])
+    coefficients = fill(slots, values)
+    first, *rest = layout.chunks
     try:
-        coefficients = fill(slots, values)
-        for chunk in layout.chunks:
-            fn(*chunk, coefficients)
+        fn(*first, coefficients)  # traces and compiles: every chunk has the first one's shapes
     except Exception as error:  # tracing or compiling failed: nothing was written yet
         holder.functions[fkey] = None
         first_line = (str(error).strip().splitlines() or [""])[0][:200]
         step._warn(gi, f"the flat 8-bit path failed to compile ({type(error).__name__}: {first_line})")
         return False
+    for chunk in rest:  # outside the fallback: after the first chunk is written, the eager path would step it again
+        fn(*chunk, coefficients)
     layout.steps.add_(1)
     layout.t += 1
     return True
