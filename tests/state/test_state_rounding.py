@@ -145,3 +145,16 @@ def test_float32_state_dtype_keeps_float32_moments_for_bfloat16_weights_with_sto
     assert v.dtype == torch.float32 and not torch.equal(v.bfloat16().float(), v)  # not rounded to bfloat16
     assert narrow.state[narrow.param_groups[0]["params"][0]]["exp_avg_sq"].dtype == torch.bfloat16
     assert eight.state[eight.param_groups[0]["params"][0]]["exp_avg_sq"].dtype == torch.uint8
+
+
+def test_the_step_run_on_the_float32_copy_keeps_its_direction_for_the_cautious_mask():
+    from gradwise.state.rounding import on_parameter_copy
+    from gradwise.transforms.steps import adam_step, sgd_step
+
+    copy, p, u = torch.randn(5), torch.randn(5).bfloat16(), torch.randn(5)
+    s = {"_copy": copy, "exp_avg": torch.randn(5), "exp_avg_sq": torch.rand(5)}
+    for step in (adam_step(1e-3, 0.9, 0.999, 1e-8), sgd_step(1e-3)):
+        wrapped = on_parameter_copy(step, "_copy")
+        c = step.coefficients(1)
+        assert wrapped.direction is not None
+        assert torch.equal(wrapped.direction(u, p, s, c), step.direction(u, copy, s, c))

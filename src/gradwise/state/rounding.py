@@ -143,7 +143,15 @@ def on_parameter_copy(transform: Transform, key: str, init: Callable[[Tensor], d
         def kernel(u: Tensor, p: Tensor, s: State, c: tuple) -> Tensor:
             return inner_kernel(u, s.get(key, p), s, c)
 
-        return kernel_transform(kernel, transform.coefficients or no_coefficients, init, writes=transform.writes)
+        direction = None
+        if transform.direction is not None:  # the cautious mask reads it: keep it, on the copy as well
+            inner_direction = transform.direction
+
+            def direction(u: Tensor, p: Tensor, s: State, c: tuple) -> Tensor:
+                return inner_direction(u, s.get(key, p), s, c)
+
+        return kernel_transform(kernel, transform.coefficients or no_coefficients, init, writes=transform.writes,
+                                direction=direction)
     inner_update = transform.update
 
     def update(u: Tensor, p: Tensor, s: State, t: float) -> Tensor:
