@@ -168,14 +168,21 @@ def test_cautious_mask_differs_per_parameter_on_the_flat_path():
 @pytest.mark.parametrize(("name", "options"), [("cadamw", {}), ("adamp", {"delta": 10.0, "weight_decay": 0.1})])
 def test_segmented_inductor_float32_matches_eager(name, options):
     params, eager = make_params(torch.float32), make_params(torch.float32)
-    opt = gw.create(name, params, lr=1e-2, compile=True, **options)
+    flat_run_matches_eager(name, options, params, eager, steps=6, compile=True, rtol=1e-5)
+
+
+def flat_run_matches_eager(name, options, params, eager, steps, compile, rtol):
+    """Train `params` compiled (no fallback to eager allowed) and `eager` eagerly; they must agree within rtol.
+    Returns the compiled optimizer."""
+    opt = gw.create(name, params, lr=1e-2, compile=compile, **options)
     ref = gw.create(name, eager, lr=1e-2, **options)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*runs eagerly")
-        train(opt, params, 6)
-    train(ref, eager, 6)
+        train(opt, params, steps)
+    train(ref, eager, steps)
     assert opt._compiled.layouts
-    assert_close(params, eager, 1e-5)
+    assert_close(params, eager, rtol)
+    return opt
 
 
 @pytest.mark.parametrize("shapes", [[(5,), (20, 16), (8, 32), (3, 16, 2)], [(5,), (4, 3), (20, 16)],
@@ -210,15 +217,11 @@ def test_row_sums_per_block_or_per_element_equal_per_row_sums(shapes):
     assert [float(row_counts[i]) for i in range(len(shapes))] == [sh[0] if len(sh) >= 2 else 0 for sh in shapes]
 
 
-@pytest.mark.parametrize("shapes", [[(5,), (20, 16), (8, 32), (3, 16, 2)], [(64, 64), (64,), (4, 128)]])
-def test_projection_with_rows_per_block_runs_flat_and_matches_eager(shapes):
-    # blocks of 16 elements, then of 64
+@pytest.mark.parametrize(("shapes", "block"), [([(5,), (20, 16), (8, 32), (3, 16, 2)], ALIGN),
+                                               ([(64, 64), (64,), (4, 128)], 64)])
+def test_projection_with_rows_per_block_runs_flat_and_matches_eager(shapes, block):
     params, eager = make_params(shapes=shapes), make_params(shapes=shapes)
-    opt = gw.create("adamp", params, lr=1e-2, delta=10.0, weight_decay=0.1, compile="eager")
-    ref = gw.create("adamp", eager, lr=1e-2, delta=10.0, weight_decay=0.1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*runs eagerly")
-        train(opt, params, 4)
-    train(ref, eager, 4)
-    assert opt._compiled.layouts
-    assert_close(params, eager, 1e-12)
+    opt = flat_run_matches_eager("adamp", {"delta": 10.0, "weight_decay": 0.1}, params, eager, steps=4,
+                                 compile="eager", rtol=1e-12)
+    (layout,) = opt._compiled.layouts.values()
+    assert layout.param.numel() // layout.segments(rows=True)[ROW_IDS].shape[0] == block  # rows counted per block
