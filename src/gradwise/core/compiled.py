@@ -70,7 +70,7 @@ ALIGN = 16  # elements: each view in a flat buffer starts on a 64-byte boundary 
 # Longer chains (cademamix) reach the threshold on the number of ops (30) instead (65 -> 33 ms). Since the
 # coefficients are packed into one tensor (PackedCoefficients), each coefficient read counts toward
 # realize_acc_reads_threshold (12 on the CPU): AdEMAMix's direction crossed it and was again stored in a fresh buffer
-# every step (cademamix 100 x 100k, 1 thread: 55 -> 24 ms; the other flat chains gain nothing from it).
+# every step (cademamix 100 x 100k, 1 thread: 45 -> 24 ms, benchmarks/README.md; other flat chains gain nothing).
 SEGMENTED_INDUCTOR_OPTIONS: dict[str, str | int | bool | Callable] = {
     "realize_reads_threshold": 64,
     "realize_opcount_threshold": 1000,
