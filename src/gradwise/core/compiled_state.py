@@ -281,7 +281,7 @@ def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
     quantize = _quantize()
     for _, signed in layout.keys:  # filled before tracing, the tables are constants of the graph
         quantize._lookup(signed, key[1])
-        quantize._magnitude_tables(signed, key[1])
+        quantize._rounding_table(signed, key[1])
     coefficients = fill(slots, values)
     first, *rest = layout.chunks
     try:

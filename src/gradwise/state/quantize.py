@@ -39,9 +39,12 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
+
+_Table = TypeVar("_Table")
 
 __all__ = ["dequantize", "dequantize_rows", "dynamic_map", "max_error", "quantize", "quantize_rows"]
 
@@ -74,12 +77,12 @@ def max_error(signed: bool, bits: int = 8) -> float:
     return float((values[1:] - values[:-1]).max()) / 2
 
 
-def _per_device(build: Callable[[bool, torch.device], tuple[Tensor, Tensor]]) -> Callable:
+def _per_device(build: Callable[[bool, torch.device], _Table]) -> Callable[[bool, torch.device], _Table]:
     """Memoise a table builder per (signed, device) in a plain dict: torch.compile reads a filled entry as a
     constant, where through functools.cache it would trace the builder and rebuild the table in every step."""
-    tables: dict[tuple[bool, str], tuple[Tensor, Tensor]] = {}
+    tables: dict[tuple[bool, str], _Table] = {}
 
-    def get(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+    def get(signed: bool, device: torch.device) -> _Table:
         key = (signed, str(device))
         if key not in tables:
             tables[key] = build(signed, torch.device(device))
@@ -97,45 +100,51 @@ def _tables(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
 # Rounding to the nearest code by table look-up instead of a binary search over the midpoints: a magnitude's
 # float32 bits, shifted right by 23 - 8, number buckets of 1/256 of a binade. The closest codes differ by at
 # least 0.9/128 of their size, more than a bucket's width, so a bucket holds at most one midpoint: the code
-# is the count of midpoints below the bucket plus one if the magnitude is above the bucket's midpoint.
+# is the count of midpoints below the bucket plus one if the magnitude is above the bucket's midpoint. A bucket
+# fixes every bit of a magnitude above the low 15, so the midpoint inside it is known from those 15 bits alone,
+# and one int32 entry holds both numbers: one look-up per value (inductor's CPU code makes each look-up a
+# lane-by-lane load through a stack buffer, the rounding's largest cost).
 _SHIFT = 23 - 8
+_LOW = (1 << _SHIFT) - 1  # the bits of a magnitude below its bucket
+_NEVER = 1 << _SHIFT  # above every value of the low bits: the bucket holds no midpoint
 _LOWEST = (127 - 30) << 8  # first bucket: 2^-30 (anything smaller joins it); the smallest midpoint is 5e-8
 _BUCKETS = (30 + 1) << 8  # up to 2^1, past the largest magnitude, 1
 _SIGNED_ZERO = 127  # index of the code 0 in the signed map (127 negative codes below it)
 
 
 @_per_device
-def _magnitude_tables(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per bucket: the number of midpoints (between non-negative codes) below it, and the midpoint inside it
-    (infinity if none); then the same for negative values, whose ties go to the larger magnitude (the
-    midpoint moved one float32 step toward 0, so that `>` acts as `>=`)."""
-    values, midpoints = _tables(signed, torch.device("cpu"))
+def _rounding_table(signed: bool, device: torch.device) -> Tensor:
+    """Per bucket, one int32: (the number of midpoints, between non-negative codes, below the bucket) << 16 |
+    (the least low bits of a magnitude above the bucket's midpoint; `_NEVER` if none); then the same for
+    negative values, whose ties go to the larger magnitude (the least low bits at or above the midpoint)."""
+    _, midpoints = _tables(signed, torch.device("cpu"))
     midpoints = midpoints[midpoints > 0]  # the same float32 numbers as the signed map's positive half
     edges = ((torch.arange(_BUCKETS + 1, dtype=torch.int32) + _LOWEST) << _SHIFT).view(torch.float32)
-    below = torch.searchsorted(midpoints, edges[:-1])  # midpoints < the bucket's lower edge
+    below = torch.searchsorted(midpoints, edges[:-1]).to(torch.int32)  # midpoints < the bucket's lower edge
     inside = torch.searchsorted(midpoints, edges[1:]) - below  # midpoints in [lower, upper)
     if int(inside.max()) > 1 or int(below[0]) > 0:
         raise AssertionError("a quantization bucket holds two midpoints")  # cannot happen for the 8-bit maps
-    threshold = torch.where(inside == 1, midpoints[below.clamp(max=len(midpoints) - 1)], torch.tensor(torch.inf))
-    tie_down = torch.nextafter(threshold, torch.zeros(()))
-    return torch.cat([below, below]).to(device, torch.int32), torch.cat([threshold, tie_down]).to(device)
+    low = midpoints[below.clamp(max=len(midpoints) - 1)].view(torch.int32) & _LOW
+    above = torch.where(inside == 1, low + 1, _NEVER)  # > midpoint
+    at_or_above = torch.where(inside == 1, low, _NEVER)  # >= midpoint
+    return torch.cat([(below << 16) | above, (below << 16) | at_or_above]).to(device, torch.int32)
 
 
 def _nearest_codes(normalized: Tensor, signed: bool) -> Tensor:
     """Indices into `dynamic_map(signed)` of the codes nearest to `normalized` (finite float32 in [-1, 1]); a
-    value exactly between two codes takes the lower one, as `torch.bucketize` on the midpoints. Integer and
-    gather operations only: each is one pass over the tensor."""
-    below, threshold = _magnitude_tables(signed, normalized.device)
+    value exactly between two codes takes the lower one, as `torch.bucketize` on the midpoints. Integer
+    operations and one look-up (`_rounding_table`) per value."""
+    table = _rounding_table(signed, normalized.device)
     bits = normalized.clamp_min(0.0).view(torch.int32) if not signed else normalized.view(torch.int32)
     magnitude_bits = bits & 0x7FFFFFFF
-    bucket = (magnitude_bits >> _SHIFT).sub_(_LOWEST).clamp_(0, _BUCKETS - 1)
-    sign = bits >> 31  # -1 for negative values, 0 otherwise (unsigned: always 0)
-    key = bucket.add_(sign & _BUCKETS).view(-1)
-    above = magnitude_bits.view(torch.float32).view(-1) > threshold.index_select(0, key)
-    index = below.index_select(0, key).add_(above)
+    bucket = ((magnitude_bits >> _SHIFT) - _LOWEST).clamp(0, _BUCKETS - 1)
+    negative = bits < 0  # unsigned: never
+    key = torch.where(negative, bucket + _BUCKETS, bucket) if signed else bucket
+    entry = torch.ops.aten._unsafe_index(table, [key])  # the key is in range: no bounds check in compiled code
+    index = (entry >> 16) + ((magnitude_bits & _LOW) >= (entry & 0xFFFF)).to(torch.int32)
     if not signed:
-        return index.view(normalized.shape)
-    return index.mul_(sign.view(-1) | 1).add_(_SIGNED_ZERO).view(normalized.shape)
+        return index
+    return torch.where(negative, _SIGNED_ZERO - index, _SIGNED_ZERO + index)
 
 
 def _decade_constants(signed: bool) -> tuple[tuple[float, float, float], ...]:
