@@ -178,3 +178,24 @@ def test_defaults_are_the_authors():
     own = {k: defaults[k] for k in gw.DiffGrad.defaults}
     assert own == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     assert defaults["maximize"] is False
+
+
+def test_float32_step_matches_the_two_division_sigmoid_form():
+    # The step divides once, by (1 + 2^(-|g_prev - g| log2 e)) (sqrt(v) + eps): in float32 it stays within a few
+    # units in the last place of p - lr xi m / (sqrt(v) + eps) computed with torch.sigmoid and two divisions
+    # (|p| < 4 here: 2 units in the last place are 4.8e-7).
+    torch.manual_seed(7)
+    p = torch.zeros(4096, requires_grad=True)
+    opt = gw.DiffGrad([p], lr=1.0, eps=1e-8)
+    previous = torch.zeros(4096)
+    grads = [torch.randn(4096) * scale for scale in (1.0, 3.0, 0.01, 20.0)]
+    for t, grad in enumerate(grads, start=1):
+        before = p.detach().clone()
+        p.grad = grad
+        opt.step()
+        m, v = opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]
+        friction = torch.sigmoid((previous - grad).abs())
+        size = math.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+        expected = before - size * (friction * m) / (v.sqrt() + 1e-8)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=4.8e-7)
+        previous = grad

@@ -6,9 +6,8 @@ from types import SimpleNamespace
 
 from ..core import Betas, ChainOptimizer, NonNegative, Transform, register
 from ..transforms.decay import weight_decay
-from ..transforms.friction import diff_friction
+from ..transforms.friction import friction_adam_step
 from ..transforms.moments import first_moment, second_moment
-from ..transforms.steps import folded_adam_step
 
 
 @register("diffgrad", paper="Dubey et al., diffGrad: An Optimization Method for Convolutional Neural Networks",
@@ -20,6 +19,8 @@ class DiffGrad(ChainOptimizer):
       m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
       xi = sigmoid(|g_prev - g|)  (g_prev = 0 on the first step);   g_prev <- g
       p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) xi m / (sqrt(v) + eps)
+    computed with one division per element, m / ((1 + exp(-|g_prev - g|)) (sqrt(v) + eps)) (see
+    `gradwise.transforms.friction.friction_adam_step`).
 
     Defaults: the authors' code, github.com/shivram1987/diffGrad, diffGrad_v2.py (lr=1e-3,
     betas=(0.9, 0.999), eps=1e-8, weight_decay=0), whose update this class follows, the remembered g_prev
@@ -43,6 +44,5 @@ class DiffGrad(ChainOptimizer):
             weight_decay(h.lr, h.weight_decay, decoupled=False),
             first_moment(beta1),
             second_moment(beta2),
-            diff_friction(),
-            folded_adam_step(h.lr, beta1, beta2, h.eps),
+            friction_adam_step(h.lr, beta1, beta2, h.eps),
         )

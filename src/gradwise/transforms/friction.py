@@ -8,10 +8,14 @@ previous gradient is zero, as in the paper, so xi = sigmoid(|g|).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from ..core import Transform, kernel_transform, zeros_state
+
+LOG2_E = 1 / math.log(2)
 
 
 def diff_friction(first: str = "exp_avg", previous: str = "previous_grad") -> Transform:
@@ -27,3 +31,31 @@ def diff_friction(first: str = "exp_avg", previous: str = "previous_grad") -> Tr
         return friction.mul_(s[first])
 
     return kernel_transform(kernel, init=zeros_state(previous), elementwise=True)
+
+
+def friction_adam_step(lr: float, beta1: float, beta2: float, eps: float, first: str = "exp_avg",
+                       second: str = "exp_avg_sq", previous: str = "previous_grad") -> Transform:
+    """diffGrad's step, friction included, with one division per element:
+        p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) m / ((1 + exp(-|g_prev - g|)) (sqrt(v) + eps));   g_prev <- g
+    i.e. xi m / (sqrt(v) + eps) with xi = sigmoid(|g_prev - g|) = 1 / (1 + exp(-|g_prev - g|)), its
+    reciprocal folded into the denominator (`diff_friction` then `folded_adam_step`, the same numbers within
+    rounding). exp(-x) is computed as 2^(-x log2(e)), cheaper than exp on the CPU (the compiled
+    diffGrad step is compute-bound); the two differ by the rounding of x log2(e), which changes xi by
+    less than float32's resolution. Run it after `first_moment` and `second_moment`; g is the incoming update.
+    """
+
+    def coefficients(t: float) -> tuple[float, float]:
+        return (eps, -(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)))
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        prev = s[previous]
+        inverse_friction = torch.exp2((prev - u).abs_().mul_(-LOG2_E)).add_(1)  # 1 / xi
+        prev.copy_(u)
+        p.addcdiv_(s[first], s[second].sqrt().add_(c[0]).mul_(inverse_friction), value=c[1])
+        return u
+
+    def direction(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        return s[first]  # the step subtracts a positive multiple of m (see `Transform.direction`)
+
+    return kernel_transform(kernel, coefficients, zeros_state(previous), writes=True, elementwise=True,
+                            direction=direction)
