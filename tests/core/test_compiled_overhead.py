@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import gradwise as gw
 
@@ -192,3 +193,82 @@ def test_new_gradient_tensors_are_copied_in_and_become_views_again(replaced):
     for p, q in zip(params, eager, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+
+
+def _replace_one_state_entry(ps, o):
+    o.state[ps[1]]["exp_avg"] = o.state[ps[1]]["exp_avg"].clone() * 0.5
+
+
+def _replace_one_step_count(ps, o):
+    o.state[ps[2]]["step"] = o.state[ps[2]]["step"].clone()
+
+
+def _move_the_last_state_to_another_key(ps, o):
+    # the state's values stay the same objects in the same order; only the key of the last one changes: the last
+    # parameter (its state was the last added) starts again from fresh state, as in eager
+    o.state[torch.zeros(1)] = o.state.pop(ps[-1])
+
+
+def _swap_data(ps, o):
+    ps[0].data = ps[0].data.clone()
+
+
+@pytest.mark.parametrize("change", [_replace_one_state_entry, _replace_one_step_count,
+                                    _move_the_last_state_to_another_key, _swap_data])
+def test_a_change_between_steps_is_seen_by_the_fast_path(change):
+    # the fast path compares identities over precomputed lists; each change here must still reach eager's numbers
+    params, eager, opt, ref = pair()
+    steps(opt, params, range(3))
+    steps(ref, eager, range(3))
+    change(params, opt)
+    change(eager, ref)
+    steps(opt, params, range(3, 6))
+    steps(ref, eager, range(3, 6))
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        for key, value in ref.state[q].items():
+            torch.testing.assert_close(opt.state[p][key], value, rtol=1e-6, atol=1e-7)
+
+
+def _hooked_calls(opt, params):
+    """The hooks that ran in one step(closure), in order, and the loss it returned."""
+    calls = []
+    handles = [
+        opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", len(args)))),
+        opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", len(args)))),
+        register_optimizer_step_pre_hook(lambda o, args, kwargs: calls.append(("global pre",))),
+    ]
+
+    def closure():
+        opt.zero_grad()
+        with torch.enable_grad():
+            loss = sum((p**2).sum() for p in params)
+        loss.backward()
+        return loss
+
+    try:
+        loss = opt.step(closure)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls, float(loss.detach())
+
+
+@pytest.mark.parametrize("name", ["adamw", "sps"])
+def test_step_hooks_run_once_per_step(name):
+    # ChainOptimizer.step runs torch.optim's step hooks itself (torch's wrapper is kept off it); a subclass that
+    # overrides step (the Polyak optimizers) keeps torch's wrapper, and the hooks still run once
+    params = make_params()
+    calls, loss = _hooked_calls(gw.create(name, params), params)
+    assert loss > 0
+    assert calls == [("global pre",), ("pre", 2), ("post", 2)]
+
+
+def test_a_pre_hook_may_replace_the_arguments_and_the_profiler_sees_the_step():
+    opt = gw.AdamW(make_params(), lr=1e-2)
+    handle = opt.register_step_pre_hook(lambda o, args, kwargs: ((args[0],), {"closure": lambda: torch.tensor(7.0)}))
+    assert float(opt.step()) == 7.0
+    handle.remove()
+    with torch.profiler.profile() as prof:
+        opt.step()
+    assert any(event.name == "Optimizer.step#AdamW.step" for event in prof.events())

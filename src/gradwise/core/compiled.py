@@ -297,6 +297,7 @@ class _BucketViews:
     states: list[dict]
     views: dict[str, list[Tensor]]
     grads: list[Tensor]
+    _view_check: list[tuple[Callable[[dict], Any], list[Tensor]]]  # built on first use by views_in_place
 
     def matches(self, members: list[Tensor], state: dict) -> bool:
         """Whether `members` are this layout's parameters, still views of its buffers, with its state."""
@@ -306,11 +307,19 @@ class _BucketViews:
             and all(map(operator.is_, members, self.members))
             and list(map(Tensor.data_ptr, members)) == self.ptrs
             and all(map(operator.is_, map(state.get, members), self.states))
-            and all(
-                all(map(operator.is_, map(dict.get, self.states, itertools.repeat(k)), views))
-                for k, views in self.views.items()
-            )
+            and self.views_in_place()
         )
+
+    def views_in_place(self) -> bool:
+        """Whether each member's state dict still holds its views under every key: per key, one map() of an
+        itemgetter over the state dicts compared by identity (a KeyError: a key was removed)."""
+        check = self.__dict__.get("_view_check")
+        if check is None:
+            check = self._view_check = [(operator.itemgetter(k), views) for k, views in self.views.items()]
+        try:
+            return all(all(map(operator.is_, map(get, self.states), views)) for get, views in check)
+        except KeyError:
+            return False
 
     def attach_grads(self) -> None:
         """Make each p.grad the view of the flat gradient buffer, copying the gradients that are not."""
@@ -432,10 +441,7 @@ class FlatLayout(_BucketViews):
     def still_in_place(self) -> bool:
         """`matches` for members known to be the same parameters with the same state dicts (the step's
         fingerprint says so): their data has not moved and their state still holds the views."""
-        return list(map(Tensor.data_ptr, self.members)) == self.ptrs and all(
-            all(map(operator.is_, map(dict.get, self.states, itertools.repeat(k)), views))
-            for k, views in self.views.items()
-        )
+        return list(map(Tensor.data_ptr, self.members)) == self.ptrs and self.views_in_place()
 
 
 def _scalar_keys(members: list[Tensor], states: list[dict]) -> list[str]:
@@ -460,7 +466,8 @@ class _Fingerprint:
     calls: the param groups, their parameters, each parameter's gradient object (None included: a
     gradient that appears or goes away changes the work) and the state's per-parameter dicts, in order."""
 
-    __slots__ = ("groups", "lists", "params", "grads", "full", "work", "plan", "state", "values")
+    __slots__ = ("groups", "lists", "params", "grads", "full", "work", "plan", "state", "keys", "values", "layouts",
+                 "buffers")
 
     def __init__(self, optimizer: Any, work: list, plan: Plan | None) -> None:
         self.groups = list(optimizer.param_groups)
@@ -471,7 +478,23 @@ class _Fingerprint:
         self.work = work
         self.plan = plan
         self.state = optimizer.state
+        # the state's keys and values in order: together they say that state[p] is the same dict for every p,
+        # without hashing a parameter (Tensor.__hash__ is a Python function)
+        self.keys = list(self.state)
         self.values = list(self.state.values())
+        # the plan's layouts under their self.layouts keys, and their flat gradient buffers (when complete)
+        self.layouts = [((gi, key), layout) for gi, buckets in (plan or {}).items()
+                        for key, (_, layout) in buckets.items()]
+        self.buffers = [layout.grad for _, layout in self.layouts if layout is not None]
+
+    def same_state(self, state: dict) -> bool:
+        """Whether `state` maps the same parameters to the same dicts as when this fingerprint was taken."""
+        return (
+            state is self.state
+            and len(state) == len(self.values)
+            and all(map(operator.is_, state.values(), self.values))
+            and all(map(operator.is_, state, self.keys))
+        )
 
     def same_parameters(self, optimizer: Any) -> bool:
         groups = optimizer.param_groups
@@ -512,13 +535,13 @@ class CompiledStep:
         The checks are identity and data-pointer comparisons run by map() in C, not a Python loop."""
         last = self._last
         if last is not None and last.same_parameters(self.optimizer):
-            grads = list(map(_grad_of, last.params))
-            if all(map(operator.is_, grads, last.grads)):
+            if all(map(operator.is_, map(_grad_of, last.params), last.grads)):
                 if last.plan is not None and self._plan_holds(last):
                     self._plan = (last.work, last.plan)
                     return last.work
                 self.begin(last.work)
                 return last.work
+            grads = list(map(_grad_of, last.params))
             if (
                 last.plan is not None
                 and last.full
@@ -537,17 +560,12 @@ class CompiledStep:
         return work
 
     def _plan_holds(self, last: _Fingerprint) -> bool:
-        state = self.optimizer.state
-        if (
-            state is not last.state
-            or len(state) != len(last.values)
-            or not all(map(operator.is_, state.values(), last.values))
-        ):
+        if not last.same_state(self.optimizer.state):
             return False
-        for gi, buckets in (last.plan or {}).items():  # callers check that last.plan is not None
-            for key, (_, layout) in buckets.items():
-                if layout is None or self.layouts.get((gi, key)) is not layout or not layout.still_in_place():
-                    return False
+        layouts = self.layouts
+        for key, layout in last.layouts:  # callers check that last.plan is not None: no layout is None
+            if layouts.get(key) is not layout or not layout.still_in_place():  # type: ignore[union-attr]
+                return False
         return True
 
     # step, part 1: before the non-finite check
@@ -586,21 +604,28 @@ class CompiledStep:
         if self._plan is None or self._plan[0] is not work:
             self.begin(work)
         assert self._plan is not None  # begin sets it
-        grads: list[Tensor] = []  # a flat gradient buffer per laid-out bucket, the gradients of the others
-        for buckets in self._plan[1].values():
-            for members, layout in buckets.values():
-                if layout is not None:
-                    grads.append(layout.grad)
-                else:
-                    grads.extend(p.grad for p in members if p.grad is not None and p.grad.numel() > 0)
+        last = self._last
+        if last is not None and last.plan is self._plan[1]:  # the fingerprint's plan is complete
+            grads = last.buffers
+        else:
+            grads = []  # a flat gradient buffer per laid-out bucket, the gradients of the others
+            for buckets in self._plan[1].values():
+                for members, layout in buckets.values():
+                    if layout is not None:
+                        grads.append(layout.grad)
+                    else:
+                        grads.extend(p.grad for p in members if p.grad is not None and p.grad.numel() > 0)
         if not grads:
             return True
         # a sum is finite only if every element is (NaN and infinity propagate; +inf and -inf give NaN): one
         # reduction per tensor and one scalar read, cheaper than aminmax (1000 x 1k flat: 0.29 against 0.46 ms,
-        # cold cache). A sum that overflows sends the step to the exact check.
-        device = grads[0].device
-        sums = torch.stack([g.sum(dtype=_sum_dtype(g.dtype)).to(device, torch.float32) for g in grads])
-        if math.isfinite(float(sums.sum())):
+        # cold cache). A sum that overflows sends the step to the exact check. One buffer: its sum is the total.
+        if len(grads) == 1:
+            total = grads[0].sum(dtype=_sum_dtype(grads[0].dtype))
+        else:
+            device = grads[0].device
+            total = torch.stack([g.sum(dtype=_sum_dtype(g.dtype)).to(device, torch.float32) for g in grads]).sum()
+        if math.isfinite(float(total)):
             return True
         return self.optimizer._gradients_finite(work)  # exact, and finds the parameter for "raise"
 
