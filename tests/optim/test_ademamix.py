@@ -25,11 +25,14 @@ class ReferenceAdEMAMix:
     """
 
     def __init__(self, params, lr, betas, alpha, beta3_warmup, alpha_warmup, eps, weight_decay,
-                 correct_slow=False, warm_from_zero=False, decay_after=False):
+                 correct_slow=False, warm_from_zero=False, decay_after=False, cautious=False):
         self.params, self.lr, self.betas, self.alpha = list(params), lr, betas, alpha
         self.t_beta3, self.t_alpha, self.eps, self.wd = beta3_warmup, alpha_warmup, eps, weight_decay
         # switches that each break one convention, to show that the oracle test notices
         self.correct_slow, self.warm_from_zero, self.decay_after = correct_slow, warm_from_zero, decay_after
+        # the cautious rule of Liang et al. (2024): the update u (what the step subtracts lr times) only where
+        # u g > 0, scaled by numel / (number kept + 1)
+        self.cautious, self.masked_out = cautious, 0
         self.m1 = [torch.zeros_like(p) for p in self.params]
         self.m2 = [torch.zeros_like(p) for p in self.params]
         self.nu = [torch.zeros_like(p) for p in self.params]
@@ -64,8 +67,13 @@ class ReferenceAdEMAMix:
             direction = (m1_hat + alpha * m2) / (torch.sqrt(nu_hat) + self.eps)
             if self.decay_after:
                 p.copy_((p - self.lr * direction) * (1 - self.lr * self.wd))
-            else:
-                p.copy_(p - self.lr * (direction + self.wd * p))
+                continue
+            update = direction + self.wd * p
+            if self.cautious:
+                mask = (update * g > 0).to(p.dtype)
+                self.masked_out += int((mask == 0).sum())
+                update = update * mask * (mask.numel() / (mask.sum() + 1))
+            p.copy_(p - self.lr * update)
 
 
 BASE = dict(lr=1e-2, betas=(0.9, 0.999, 0.9999), alpha=5.0, beta3_warmup=None, alpha_warmup=None, eps=1e-8,
@@ -87,6 +95,19 @@ def test_trajectory_matches_the_papers_algorithm_every_step(case):
     assert worst_relative_difference(ours, theirs) < 1e-9
     moved = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(theirs[-1], init, strict=True))
     assert moved > 0.05
+
+
+@pytest.mark.parametrize("case", ["plain", "weight_decay", "warmups_within_the_run"])
+def test_cautious_matches_the_rule_of_liang_et_al_every_step(case):
+    # gw.CAdEMAMix (AdEMAMix with cautious=True) masks the update u, weight decay included, by u g > 0
+    hyper = CASES[case]
+    ours, init = trajectory(lambda ps: gw.create("cademamix", ps, **hyper), STEPS)
+    references = []
+    theirs, _ = trajectory(lambda ps: references.append(ReferenceAdEMAMix(ps, **hyper, cautious=True))
+                           or references[-1], STEPS)
+    plain, _ = trajectory(lambda ps: AdEMAMix(ps, **hyper), STEPS)
+    assert worst_relative_difference(ours, theirs) < 1e-9
+    assert references[0].masked_out > 0 and worst_relative_difference(ours, plain) > 1e-4  # the mask acted
 
 
 @pytest.mark.parametrize(

@@ -66,22 +66,35 @@ def scheduled_moment(beta: Callable[[float], float], key: str) -> Transform:
 
 def ademamix_step(lr: float, beta1: float, beta2: float, alpha: Callable[[float], float], eps: float,
                   wd: float) -> Transform:
-    """p <- p - lr ((m1 / (1 - b1^t) + alpha_t m2) / (sqrt(v / (1 - b2^t)) + eps) + wd p)."""
+    """p <- p - lr ((m1 / (1 - b1^t) + alpha_t m2) / (sqrt(v / (1 - b2^t)) + eps) + wd p).
 
+    Its `direction` (the sign of what the step subtracts, read by the cautious mask) is that update itself
+    with weight decay, and without it the numerator m1 / (1 - b1^t) + alpha_t m2 (the denominator is
+    positive), which the compiled mask sum reads without v and p.
+    """
     decays = wd != 0  # decided when the chain is built
 
     def coefficients(t: float) -> tuple[float, ...]:
         return (math.sqrt(1 - beta2**t), eps, 1 - beta1**t, alpha(t), wd, -lr)
 
-    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+    def numerator(s: dict, c: tuple) -> Tensor:
+        return (s["exp_avg_fast"] / c[2]).add_(s["exp_avg_slow"], alpha=c[3])
+
+    def update(p: Tensor, s: dict, c: tuple) -> Tensor:
         denom = (s["exp_avg_sq"].sqrt() / c[0]).add_(c[1])
-        step = (s["exp_avg_fast"] / c[2]).add_(s["exp_avg_slow"], alpha=c[3]).div_(denom)
+        step = numerator(s, c).div_(denom)
         if decays:
             step.add_(p, alpha=c[4])
-        p.add_(step, alpha=c[5])
+        return step
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        p.add_(update(p, s, c), alpha=c[5])
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
+    def direction(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        return update(p, s, c) if decays else numerator(s, c)
+
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=direction)
 
 
 @register("ademamix", paper="Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, Faster, Older",
