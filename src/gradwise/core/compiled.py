@@ -28,8 +28,13 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
   `zero_grad(set_to_none=True)` replace them); a gradient that is not the view is copied in and the view
   attached as `p.grad`, so that backward accumulates straight into the flat buffer from then on (with
   `zero_grad(set_to_none=False)`). When the gradients are those very views, the step's fingerprint
-  (`_Fingerprint`: the groups, parameters, gradient objects and state dicts of the last step) replaces the
-  engine's per-parameter scan and the bucketing: its checks are map() calls over precomputed lists, in C.
+  (`_Fingerprint`: the groups, parameters, gradient objects, and the state's keys and dicts, of the last step)
+  replaces the engine's per-parameter scan and the bucketing: its checks are map() calls over precomputed
+  lists, in C: a pass over the parameters for their gradients, one for their data pointers, two over the
+  state (keys, dicts) and one per state key for the views. Their cost is memory latency more than Python:
+  with cold caches (1000 x 1k after a 384 MB triad) they take 0.7-1 ms, of which `p.grad` (five dependent
+  loads per parameter: the tensor, its TensorImpl, autograd meta, the gradient's TensorImpl and its Python
+  object) is about 0.45 ms.
 - Per-parameter path otherwise: one function compiled with dynamic shapes, called for each parameter, with
   the group's storage `open`/`close` inside it.
 - Fallback: a chain with a transform that has no kernel, a kernel capturing something the key cannot
