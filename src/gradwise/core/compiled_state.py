@@ -114,13 +114,14 @@ class QuantizedLayout(_BucketViews):
         rows = (blocks, block // 8, 8) if block % 8 == 0 else (blocks, block)
         param_rows, grad_rows = self.param.view(rows), self.grad.view(rows)
         code_rows = {k: codes.view(rows) for k, codes in self.codes.items()}
+        positions = torch.arange(block, dtype=torch.float32, device=device).view(rows[1:])  # 0, 1, ... in a block
         self.chunks = []  # per chunk: the arguments of the compiled function but the coefficients
         for first in range(0, blocks, chunk):
             part = slice(first, first + chunk)
             param_part, grad_part = param_rows[part], grad_rows[part]
             param_part.grad = grad_part
             self.chunks.append((grad_part, param_part, {k: c[part] for k, c in code_rows.items()},
-                                {k: a[part] for k, a in self.absmax.items()}, self.valid[part]))
+                                {k: a[part] for k, a in self.absmax.items()}, self.valid[part], positions))
         self.ptrs = [p.data_ptr() for p in members]
 
     @staticmethod
@@ -161,7 +162,8 @@ def _quantized_chain(kernels: tuple[Callable, ...], maximize: bool, keys: tuple[
                      block: int) -> Callable:
     quantize = _quantize()
 
-    def run_chain_quantized(g: Tensor, p: Tensor, codes: dict, absmax: dict, valid: Tensor, cs: tuple) -> None:
+    def run_chain_quantized(g: Tensor, p: Tensor, codes: dict, absmax: dict, valid: Tensor, positions: Tensor,
+                            cs: tuple) -> None:
         words = g.dim() == 3  # (blocks, block / 8, 8): the codes start on a block boundary, read as int32 words
         # everything is shaped (blocks, ...): the compiled loops run over blocks, one scale per block
         s = {k: quantize.dequantize_rows(codes[k], absmax[k], signed, words) for k, signed in keys}
@@ -170,9 +172,9 @@ def _quantized_chain(kernels: tuple[Callable, ...], maximize: bool, keys: tuple[
             u = kernel(u, p, s, cs[i])
         if set(s) != {k for k, _ in keys}:
             raise Unsupported("a kernel added a state tensor")
-        # the padding of each parameter reads 0 (float32 positions: inductor's int64 masks are slower)
-        position = torch.arange(block, device=g.device, dtype=torch.float32).view(g.shape[1:])
-        inside = position < valid.view(-1, *(1 for _ in g.shape[1:]))
+        # the padding of each parameter reads 0. The positions in a block are an input, loaded as a vector: an arange
+        # is rebuilt lane by lane from the loop index in every loop that reads it (int64 masks are slower still)
+        inside = positions < valid.view(-1, *(1 for _ in g.shape[1:]))
         for k, signed in keys:
             new_codes, new_absmax = quantize.quantize_rows(torch.where(inside, s[k], 0.0), signed)
             codes[k].copy_(new_codes)

@@ -131,12 +131,14 @@ def _rounding_table(signed: bool, device: torch.device) -> Tensor:
 
 
 def _nearest_codes(normalized: Tensor, signed: bool) -> Tensor:
-    """Indices into `dynamic_map(signed)` of the codes nearest to `normalized` (finite float32 in [-1, 1]); a
-    value exactly between two codes takes the lower one, as `torch.bucketize` on the midpoints. Integer
-    operations and one look-up (`_rounding_table`) per value."""
+    """Indices into `dynamic_map(signed)` of the codes nearest to `normalized` (float32 in [-1, 1]; unsigned: NaN
+    reads 0); a value exactly between two codes takes the lower one, as `torch.bucketize` on the midpoints.
+    Integer operations and one look-up (`_rounding_table`) per value."""
     table = _rounding_table(signed, normalized.device)
-    bits = normalized.clamp_min(0.0).view(torch.int32) if not signed else normalized.view(torch.int32)
-    magnitude_bits = bits & 0x7FFFFFFF
+    if not signed:  # negative values, -0 and NaN to +0
+        normalized = torch.where(normalized > 0.0, normalized, 0.0)
+    bits = normalized.view(torch.int32)
+    magnitude_bits = bits & 0x7FFFFFFF if signed else bits
     bucket = ((magnitude_bits >> _SHIFT) - _LOWEST).clamp(0, _BUCKETS - 1)
     negative = bits < 0  # unsigned: never
     key = torch.where(negative, bucket + _BUCKETS, bucket) if signed else bucket
@@ -195,13 +197,18 @@ def quantize_rows(rows: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     Rows may also be shaped (blocks, ...): each block is then everything after the first dimension."""
     dims = tuple(range(1, rows.dim()))
     absmax = rows.abs().amax(dim=dims)
-    finite = torch.isfinite(absmax)  # amax propagates NaN, and an infinity is the max: the block is finite
-    absmax = torch.where(finite, absmax, torch.full_like(absmax, float("nan")))
-    scale = torch.where(finite & (absmax > 0), absmax, torch.ones_like(absmax))
+    # amax propagates NaN, and an infinity is the max: a block whose absmax is finite is finite
+    absmax = torch.where(torch.isfinite(absmax), absmax, torch.full_like(absmax, float("nan")))
+    scale = torch.where(absmax > 0, absmax, 1.0)  # NaN > 0 is False: a block that is not finite has scale 1
     normalized = rows / scale.view(-1, *(1 for _ in dims))
-    # NaN -> 0, +-inf -> +-1 (only in blocks that are not finite, whose scale is 1): what torch.nan_to_num and the
-    # clamp do, in a form torch.compile's CPU code vectorises (x != x is the NaN test)
-    normalized = torch.where(normalized != normalized, 0.0, normalized).clamp_(-1.0, 1.0)
+    # into [-1, 1] with NaN -> 0 and +-inf -> +-1 (only in blocks that are not finite, whose scale is 1), as
+    # torch.nan_to_num and a clamp would, by comparisons and `where`: torch.compile's CPU code vectorises them, and
+    # its clamp also propagates NaN (three instructions a bound). Unsigned: `_nearest_codes` sends NaN (and
+    # negative values) to 0.
+    normalized = torch.where(normalized > 1.0, 1.0, normalized)
+    if signed:
+        normalized = torch.where(normalized < -1.0, -1.0, normalized)
+        normalized = torch.where(normalized != normalized, 0.0, normalized)  # x != x is the NaN test
     codes = _nearest_codes(normalized, signed)
     if torch.compiler.is_compiling():
         codes = codes.float()  # inductor's CPU code converts int32 to uint8 one lane at a time, float32 in vectors
