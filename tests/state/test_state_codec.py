@@ -79,3 +79,35 @@ def test_compiled_quantize_rows_gives_the_eager_codes_on_word_packed_rows(signed
     compiled = torch.compile(quantize.quantize_rows, backend="eager", fullgraph=True)
     codes3, absmax3 = compiled(rows.view(len(rows), 256, 8), signed)
     assert torch.equal(codes3.view(codes.shape), codes) and torch.equal(absmax3, absmax)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_compiled_quantize_rows_gives_the_eager_codes_and_scales_on_blocks_that_are_not_finite(signed):
+    g = torch.Generator().manual_seed(2)
+    rows = torch.randn(6, 2048, generator=g)
+    rows[0, 5] = float("nan")  # NaN: scale NaN, the NaN itself 0, the rest normalized by 1 and clamped
+    rows[1, 7], rows[1, 9] = float("inf"), -float("inf")  # infinities: +-1
+    rows[2] = 0.0  # scale 1, every code the code of 0
+    rows[3, :1024] = -0.0
+    rows[4] *= 1e-30  # below the smallest code: 0 (normalized by a tiny scale, so not all 0)
+    rows[5, 3], rows[5, 4] = float("nan"), -float("inf")
+    codes, absmax = quantize.quantize_rows(rows.clone(), signed)
+    compiled = torch.compile(quantize.quantize_rows, backend="eager", fullgraph=True)
+    codes3, absmax3 = compiled(rows.clone().view(6, 256, 8), signed)
+    assert torch.equal(codes3.view(codes.shape), codes)
+    assert same_bits(absmax3, absmax) and torch.isnan(absmax[[0, 1, 5]]).all() and absmax[2] == 0
+    assert codes[0, 5] == codes[2, 0] == (127 if signed else 0)  # NaN stored as the code of 0
+    if signed:
+        assert codes[1, 7] == 254 and codes[1, 9] == 0  # +-1: the ends of the signed map (255 codes)
+    else:
+        assert codes[1, 7] == 255 and codes[1, 9] == 0  # unsigned: +1 the last code, -inf (negative) 0
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_eager_and_compiled_rounding_agree_on_signed_zeros_and_nan(signed):
+    x = torch.tensor([0.0, -0.0, float("nan"), 1.0, -1.0, 5e-8, -5e-8])
+    compiled = torch.compile(quantize._nearest_codes, backend="eager", fullgraph=True)
+    eager = quantize._nearest_codes(x, signed)
+    assert torch.equal(compiled(x, signed), eager)
+    if not signed:
+        assert eager[2] == 0 and eager[1] == 0 and eager[4] == 0

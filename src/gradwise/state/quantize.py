@@ -135,18 +135,24 @@ def _nearest_codes(normalized: Tensor, signed: bool) -> Tensor:
     reads 0); a value exactly between two codes takes the lower one, as `torch.bucketize` on the midpoints.
     Integer operations and one look-up (`_rounding_table`) per value."""
     table = _rounding_table(signed, normalized.device)
-    if not signed:  # negative values, -0 and NaN to +0
+    if not signed and torch.compiler.is_compiling():  # negative values, -0 and NaN to +0
         normalized = torch.where(normalized > 0.0, normalized, 0.0)
+    elif not signed:  # the same codes (-0 rounds as +0)
+        normalized = normalized.clamp_min(0.0).nan_to_num_(0.0)
     bits = normalized.view(torch.int32)
     magnitude_bits = bits & 0x7FFFFFFF if signed else bits
-    bucket = ((magnitude_bits >> _SHIFT) - _LOWEST).clamp(0, _BUCKETS - 1)
-    negative = bits < 0  # unsigned: never
-    key = torch.where(negative, bucket + _BUCKETS, bucket) if signed else bucket
-    entry = torch.ops.aten._unsafe_index(table, [key])  # the key is in range: no bounds check in compiled code
-    index = (entry >> 16) + ((magnitude_bits & _LOW) >= (entry & 0xFFFF)).to(torch.int32)
+    key = (magnitude_bits >> _SHIFT).sub_(_LOWEST).clamp_(0, _BUCKETS - 1)
+    sign = bits >> 31  # -1 for negative values, else 0
+    if signed:
+        key.add_(sign & _BUCKETS)
+    if torch.compiler.is_compiling():  # the key is in range: no bounds check in compiled code
+        entry = torch.ops.aten._unsafe_index(table, [key])
+    else:  # faster than advanced indexing in eager
+        entry = table.index_select(0, key.view(-1)).view(key.shape)
+    index = (entry >> 16).add_((magnitude_bits & _LOW) >= (entry & 0xFFFF))
     if not signed:
         return index
-    return torch.where(negative, _SIGNED_ZERO - index, _SIGNED_ZERO + index)
+    return index.bitwise_xor_(sign).sub_(sign).add_(_SIGNED_ZERO)  # 127 - index for negative values, 127 + index
 
 
 def _decade_constants(signed: bool) -> tuple[tuple[float, float, float], ...]:
@@ -201,14 +207,17 @@ def quantize_rows(rows: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
     absmax = torch.where(torch.isfinite(absmax), absmax, torch.full_like(absmax, float("nan")))
     scale = torch.where(absmax > 0, absmax, 1.0)  # NaN > 0 is False: a block that is not finite has scale 1
     normalized = rows / scale.view(-1, *(1 for _ in dims))
-    # into [-1, 1] with NaN -> 0 and +-inf -> +-1 (only in blocks that are not finite, whose scale is 1), as
-    # torch.nan_to_num and a clamp would, by comparisons and `where`: torch.compile's CPU code vectorises them, and
-    # its clamp also propagates NaN (three instructions a bound). Unsigned: `_nearest_codes` sends NaN (and
-    # negative values) to 0.
-    normalized = torch.where(normalized > 1.0, 1.0, normalized)
-    if signed:
-        normalized = torch.where(normalized < -1.0, -1.0, normalized)
-        normalized = torch.where(normalized != normalized, 0.0, normalized)  # x != x is the NaN test
+    # into [-1, 1] with NaN -> 0 and +-inf -> +-1 (only in blocks that are not finite, whose scale is 1). Compiled:
+    # by comparisons and `where`, which torch.compile's CPU code vectorises (its clamp also propagates NaN, three
+    # instructions a bound); unsigned: `_nearest_codes` sends NaN (and negative values) to 0. Eager: the same
+    # numbers in place.
+    if torch.compiler.is_compiling():
+        normalized = torch.where(normalized > 1.0, 1.0, normalized)
+        if signed:
+            normalized = torch.where(normalized < -1.0, -1.0, normalized)
+            normalized = torch.where(normalized != normalized, 0.0, normalized)  # x != x is the NaN test
+    else:
+        normalized = normalized.nan_to_num_(0.0, 1.0, -1.0).clamp_(-1.0, 1.0)
     codes = _nearest_codes(normalized, signed)
     if torch.compiler.is_compiling():
         codes = codes.float()  # inductor's CPU code converts int32 to uint8 one lane at a time, float32 in vectors
