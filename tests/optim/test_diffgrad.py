@@ -199,3 +199,18 @@ def test_float32_step_matches_the_two_division_sigmoid_form():
         expected = before - size * (friction * m) / (v.sqrt() + 1e-8)
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=4.8e-7)
         previous = grad
+
+
+def test_compiled_friction_power_of_two_is_within_one_float32_unit():
+    # the compiled float32 step computes 2^x (x <= 0) from a polynomial and the exponent's bits instead of exp2
+    from gradwise.transforms.friction import exp2_nonpositive
+
+    compiled = torch.compile(exp2_nonpositive, backend="aot_eager", fullgraph=True)
+    x = torch.cat([-torch.rand(100_000, generator=torch.Generator().manual_seed(0)) * 130,
+                   torch.tensor([0.0, -0.0, -1e-30, -1.0, -126.0, -200.0, -float("inf"), float("nan")])])
+    got, exact = compiled(x).double(), torch.exp2(x.double())
+    normal = x >= -126
+    assert float(((got - exact).abs() / exact)[normal].max()) < 1.2e-7
+    assert (got[~normal & ~x.isnan()] <= 2.0**-126).all() and got[-1].isnan()
+    assert torch.equal(compiled(x[:-1].double()), torch.exp2(x[:-1].double()))  # float64: exp2 itself
+    assert torch.equal(exp2_nonpositive(x[:-1]), torch.exp2(x[:-1]))  # eager: exp2 itself

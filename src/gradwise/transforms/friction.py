@@ -16,6 +16,10 @@ from torch import Tensor
 from ..core import Transform, kernel_transform, zeros_state
 
 LOG2_E = 1 / math.log(2)
+# 2^f on [0, 1]: a degree-6 polynomial fit for relative error (at most 1.9e-9; in float32 within one unit in the
+# last place), lowest degree first
+EXP2_FRACTION = (1.0000000018629913, 0.6931469832666615, 0.24022984349140653, 0.055483309391873306,
+                 0.009678906701186301, 0.0012439082689481157, 0.00021704331961960359)
 
 
 def diff_friction(first: str = "exp_avg", previous: str = "previous_grad") -> Transform:
@@ -49,7 +53,7 @@ def friction_adam_step(lr: float, beta1: float, beta2: float, eps: float, first:
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         prev = s[previous]
-        inverse_friction = torch.exp2((prev - u).abs_().mul_(-LOG2_E)).add_(1)  # 1 / xi
+        inverse_friction = exp2_nonpositive((prev - u).abs_().mul_(-LOG2_E)).add_(1)  # 1 / xi
         prev.copy_(u)
         p.addcdiv_(s[first], s[second].sqrt().add_(c[0]).mul_(inverse_friction), value=c[1])
         return u
@@ -59,3 +63,20 @@ def friction_adam_step(lr: float, beta1: float, beta2: float, eps: float, first:
 
     return kernel_transform(kernel, coefficients, zeros_state(previous), writes=True, elementwise=True,
                             direction=direction)
+
+
+def exp2_nonpositive(x: Tensor) -> Tensor:
+    """2^x for x <= 0 (NaN stays NaN). Eagerly and in float64, torch.exp2. Compiled in float32: 2^n p(x - n),
+    n = floor(x) (x clamped at -126: 2^-126 is below float32's resolution next to the 1 it is added to), p the
+    polynomial EXP2_FRACTION and 2^n written into the exponent bits: a few multiply-adds that inductor fuses into
+    the step's loop, where a call to exp2 per vector of 8 took a seventh of the compiled diffGrad step."""
+    if x.dtype != torch.float32 or not torch.compiler.is_compiling():
+        return torch.exp2(x)
+    x = x.clamp(min=-126.0)
+    whole = torch.floor(x)
+    fraction = x - whole
+    power = torch.full_like(x, EXP2_FRACTION[-1])
+    for coefficient in reversed(EXP2_FRACTION[:-1]):
+        power = power * fraction + coefficient
+    scale = ((whole.to(torch.int32) + 127) << 23).view(torch.float32)  # 2^n, n in [-126, 0]
+    return power * scale
