@@ -9,6 +9,9 @@ warm-up steps (the first of which compiles):
   eager-32      compile=False, 32-bit state
   eager-8       compile=False, state_bits=8 (per tensor: dequantize, chain, quantize)
   fused         torch.optim.AdamW(fused=True), the same reference for every row
+  bnb-8         bitsandbytes' AdamW8bit (its CPU path; the same lr, betas, decay and 4096-value minimum, its own
+                fixed blocks of 256), on the adamw rows only and where bitsandbytes imports: the peer 8-bit
+                optimizer, "-" otherwise
 ratio = compiled-8 / compiled-32, from the same run (the issue's target: <= 1.5). --clock cpu times each step
 by this thread's CPU time (with --threads 1 it leaves out the waits for a core on a loaded machine).
 Defaults of each optimizer (state_block=2048, state_min_size=4096), lr=1e-3, weight_decay=0.01,
@@ -39,20 +42,34 @@ from compiled_step import make_params  # noqa: E402  (the same parameters and gr
 
 SHAPES = {"100x100k": (100, 100_000), "10x1M": (10, 1_000_000), "20x100k": (20, 100_000), "tiny": (3, 5_000)}
 OPTIMIZERS = ("adamw", "adabelief", "adan")
-CONTENDERS = ("compiled-32", "compiled-8", "eager-32", "eager-8", "fused")
+CONTENDERS = ("compiled-32", "compiled-8", "eager-32", "eager-8", "fused", "bnb-8")
+
+
+def bnb_adamw8bit(params: list[torch.Tensor]) -> torch.optim.Optimizer | None:
+    """bitsandbytes' 8-bit AdamW configured as the gradwise rows (32-bit state under 4096 values), or
+    None when bitsandbytes is not installed or does not import here."""
+    try:
+        import bitsandbytes as bnb
+    except Exception:  # not installed, or its import fails on this machine
+        return None
+    return bnb.optim.AdamW8bit(params, lr=1e-3, weight_decay=1e-2, min_8bit_size=4096)
 
 
 def contenders(name: str, count: int, size: int, backend: str = "inductor") -> dict[str, Callable[[], object]]:
     def make(**extra: Any) -> Callable[[], object]:
         return gradwise.create(name, make_params(count, size), lr=1e-3, weight_decay=1e-2, **extra).step
 
-    return {
+    steps = {
         "compiled-32": make(compile=backend),
         "compiled-8": make(compile=backend, state_bits=8),
         "eager-32": make(),
         "eager-8": make(state_bits=8),
         "fused": torch.optim.AdamW(make_params(count, size), lr=1e-3, fused=True).step,
     }
+    peer = bnb_adamw8bit(make_params(count, size)) if name == "adamw" else None
+    if peer is not None:
+        steps["bnb-8"] = peer.step
+    return steps
 
 
 def time_steps(steps: dict[str, Callable[[], object]], repeats: int, warmup: int,
@@ -92,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             medians = time_steps(contenders(name, count, size, args.backend), args.repeats, args.warmup, clock)
             ms = {k: v * 1e3 for k, v in medians.items()}
             ratio = ms["compiled-8"] / ms["compiled-32"]
-            print(f"{name:>10} {shape:>9} " + " ".join(f"{ms[c]:11.2f}" for c in CONTENDERS) + f" {ratio:9.2f}",
-                  flush=True)
+            cells = " ".join(f"{ms[c]:11.2f}" if c in ms else f"{'-':>11}" for c in CONTENDERS)
+            print(f"{name:>10} {shape:>9} {cells} {ratio:9.2f}", flush=True)
     print(f"took {time.time() - began:.0f} s; load average now {os.getloadavg()[0]:.1f}")
     return 0
 
