@@ -133,6 +133,35 @@ def test_sgdp_matches_authors_package(momentum, nesterov, dampening):
     assert_both_views_fired(fired)
 
 
+def _sgdp_steps(opt, model, data):
+    for x, y in data:
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def test_sgdp_without_momentum_keeps_no_buffer_and_starts_one_at_zero_when_momentum_is_raised():
+    """momentum=0: no buffer in the state (the package's holds (1 - dampening) d, never read again); a group
+    whose momentum is raised later, or loaded from such a checkpoint, goes on as a new SGDP would."""
+    hyper = dict(lr=0.05, dampening=0.1, weight_decay=1e-2)
+    data = batches(6)
+    raised, fresh = make_net(), make_net()
+    opt = gw.SGDP(raised.parameters(), momentum=0.0, **hyper)
+    _sgdp_steps(opt, raised, data[:3])
+    assert all(set(state) == {"step"} for state in opt.state.values())
+    opt.param_groups[0]["momentum"] = 0.9
+    _sgdp_steps(opt, raised, data[3:])
+    assert all("momentum_buffer" in state for state in opt.state.values())
+
+    first = gw.SGDP(fresh.parameters(), momentum=0.0, **hyper)
+    _sgdp_steps(first, fresh, data[:3])
+    loaded = gw.SGDP(fresh.parameters(), momentum=0.9, **hyper)
+    loaded.load_state_dict({**first.state_dict(), "param_groups": loaded.state_dict()["param_groups"]})
+    _sgdp_steps(loaded, fresh, data[3:])
+    for a, b in zip(raised.parameters(), fresh.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_projection_changes_the_trajectory():
     """The oracle tests would pass with a projection that does nothing if it never mattered: it does."""
     finals = []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
+import torch
+from torch import Tensor
 from torch.optim.optimizer import required
 
 from ..core import (
@@ -17,7 +20,7 @@ from ..core import (
     register,
 )
 from ..transforms.moments import adam_direction, first_moment, second_moment
-from ..transforms.momentum import heavy_ball, replace_buffer
+from ..transforms.momentum import dampened, heavy_ball, replace_buffer
 from ..transforms.projection import radial_projection
 from ..transforms.steps import bias_corrected_step, sgd_step
 
@@ -69,6 +72,10 @@ class SGDP(ChainOptimizer):
       r = wd_ratio where it fires and r = 1 otherwise; without Nesterov, b <- d (the package projects its
       buffer in place, so the projected direction is what the next step's momentum builds on);
     p <- p (1 - lr weight_decay r / (1 - momentum));  p <- p - lr d.
+    With momentum=0, b is (1 - dampening) g and never read again: it is not kept (state has no
+    "momentum_buffer", as in torch.optim.SGD), which saves a parameter-sized read and write per step; a
+    group whose momentum is raised from 0 later starts its buffers at zero (the package's would hold the
+    last (1 - dampening) d).
 
     Defaults: the authors' package adamp 0.3.0 (lr required, momentum=0, dampening=0, weight_decay=0,
     nesterov=False, eps=1e-8, delta=0.1, wd_ratio=0.1); its conventions are kept, including the decay
@@ -84,7 +91,34 @@ class SGDP(ChainOptimizer):
     ranges = dict(lr=NonNegative, momentum=Beta, dampening=UnitInterval, weight_decay=NonNegative,
                   nesterov=Flag(), eps=NonNegative, delta=NonNegative, wd_ratio=UnitInterval)
 
+    _buffers_complete = False  # every stepped parameter of a group with momentum > 0 has its buffer
+
+    def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
+        """A group whose momentum was 0 (in an earlier step, or in a loaded checkpoint) and is no longer starts
+        the buffers of its stepped parameters at zero. A no-op once every group has momentum > 0."""
+        if self._buffers_complete:
+            return
+        for group in self.param_groups:
+            if group["momentum"] == 0:
+                continue
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self._buffers_complete = all(group["momentum"] != 0 for group in self.param_groups)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._buffers_complete = False
+
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
+        if h.momentum == 0:
+            self._buffers_complete = False
+            # The buffer would hold (1 - dampening) g, read by no later step: kept nowhere (d = g with Nesterov,
+            # g + 0 b), which spares the step a parameter-sized read and write. Same trajectory.
+            scale = () if h.nesterov or h.dampening == 0 else (dampened(h.dampening),)
+            return (*scale, radial_projection(h.delta, h.wd_ratio, h.eps, decay=h.lr * h.weight_decay),
+                    sgd_step(h.lr))
         return (
             heavy_ball(h.momentum, h.dampening, h.nesterov),
             radial_projection(h.delta, h.wd_ratio, h.eps, decay=h.lr * h.weight_decay / (1 - h.momentum)),

@@ -55,3 +55,17 @@ def replace_buffer(key: str = "momentum_buffer") -> Transform:
         return u
 
     return kernel_transform(kernel, elementwise=True)
+
+
+def dampened(dampening: float) -> Transform:
+    """u <- (1 - dampening) u: `heavy_ball`'s buffer when momentum is 0, b = (1 - dampening) u, kept nowhere.
+
+    With momentum 0 the buffer holds only the current update and is never read again; an optimizer may use
+    this stateless form instead and spare its step a parameter-sized read and write (the convention of
+    torch.optim.SGD, which keeps no buffer without momentum).
+    """
+
+    def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
+        return u * c[0]
+
+    return kernel_transform(kernel, lambda t: (1 - dampening,), elementwise=True)
