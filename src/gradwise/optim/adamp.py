@@ -91,29 +91,29 @@ class SGDP(ChainOptimizer):
     ranges = dict(lr=NonNegative, momentum=Beta, dampening=UnitInterval, weight_decay=NonNegative,
                   nesterov=Flag(), eps=NonNegative, delta=NonNegative, wd_ratio=UnitInterval)
 
-    _buffers_complete = False  # every stepped parameter of a group with momentum > 0 has its buffer
+    _without_momentum: tuple[bool, ...] | None = None  # per group, whether its momentum was 0 at the last step
 
     def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
-        """A group whose momentum was 0 (in an earlier step, or in a loaded checkpoint) and is no longer starts
-        the buffers of its stepped parameters at zero. A no-op once every group has momentum > 0."""
-        if self._buffers_complete:
+        """A group whose momentum was 0 (at the last step, or in a loaded checkpoint) and is no longer starts the
+        buffers of its stepped parameters at zero. Per step, unless a momentum changed: one comparison."""
+        without = tuple(group["momentum"] == 0 for group in self.param_groups)
+        if without == self._without_momentum:
             return
-        for group in self.param_groups:
-            if group["momentum"] == 0:
+        for group, zero in zip(self.param_groups, without, strict=True):
+            if zero:
                 continue
             for p in group["params"]:
                 state = self.state.get(p)
                 if state and "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        self._buffers_complete = all(group["momentum"] != 0 for group in self.param_groups)
+        self._without_momentum = without
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._buffers_complete = False
+        self._without_momentum = None  # the checkpoint may come from a run without momentum
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
         if h.momentum == 0:
-            self._buffers_complete = False
             # The buffer would hold (1 - dampening) g, read by no later step: kept nowhere (d = g with Nesterov,
             # g + 0 b), which spares the step a parameter-sized read and write. Same trajectory.
             scale = () if h.nesterov or h.dampening == 0 else (dampened(h.dampening),)
