@@ -140,10 +140,12 @@ def _sgdp_steps(opt, model, data):
         opt.step()
 
 
-def test_sgdp_without_momentum_keeps_no_buffer_and_starts_one_at_zero_when_momentum_is_raised():
+@pytest.mark.parametrize("compile", [False, "aot_eager"])
+def test_sgdp_without_momentum_keeps_no_buffer_and_starts_one_at_zero_when_momentum_is_raised(compile, recwarn):
     """momentum=0: no buffer in the state (the package's holds (1 - dampening) d, never read again); a group
-    whose momentum is raised later, or loaded from such a checkpoint, goes on as a new SGDP would."""
-    hyper = dict(lr=0.05, dampening=0.1, weight_decay=1e-2)
+    whose momentum is raised later, or loaded from such a checkpoint, goes on as a new SGDP would (compiled:
+    in its graph, the flat layouts gathered again with the new buffers)."""
+    hyper = dict(lr=0.05, dampening=0.1, weight_decay=1e-2, compile=compile)
     data = batches(6)
     raised, fresh = make_net(), make_net()
     opt = gw.SGDP(raised.parameters(), momentum=0.0, **hyper)
@@ -160,6 +162,7 @@ def test_sgdp_without_momentum_keeps_no_buffer_and_starts_one_at_zero_when_momen
     _sgdp_steps(loaded, fresh, data[3:])
     for a, b in zip(raised.parameters(), fresh.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert not [w for w in recwarn if "runs eagerly" in str(w.message)]
 
 
 def test_projection_changes_the_trajectory():

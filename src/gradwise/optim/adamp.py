@@ -99,6 +99,7 @@ class SGDP(ChainOptimizer):
         without = tuple(group["momentum"] == 0 for group in self.param_groups)
         if without == self._without_momentum:
             return
+        added = False
         for group, zero in zip(self.param_groups, without, strict=True):
             if zero:
                 continue
@@ -106,6 +107,10 @@ class SGDP(ChainOptimizer):
                 state = self.state.get(p)
                 if state and "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    added = True
+        compiled = getattr(self, "_compiled", None)
+        if added and compiled is not None:
+            compiled.invalidate()  # the flat layouts hold the state gathered without the buffers
         self._without_momentum = without
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
