@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable
-from types import SimpleNamespace
+from types import FunctionType, SimpleNamespace
 from typing import Any, ClassVar, NamedTuple, Protocol
 
 import torch
@@ -242,6 +242,7 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
         self.compile = OneOf(COMPILE_CHOICES).check("compile", compile)
         backend = backend_of(self.compile)
         self._compiled = None if backend is None else CompiledStep(self, backend)
+        self._state_layouts = {}
         super().__init__(params, {**accepted, **hyper})
 
     # -- what a subclass provides ------------------------------------------------------------------
@@ -333,6 +334,9 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
                     chain = option.wrap(h, chain, context)
                 if storage is None and option.storage is not None:
                     storage = option.storage(h)
+            known = self._state_layouts.get(gi)
+            if known is None or known[0] is not group or known[3] or not _same_values(known[1], h.__dict__):
+                self._grow_state(gi, group, h.__dict__, chain, storage)
             if compiled is not None:  # returns what it could not compile, for the eager loop below
                 params = compiled.run_group(gi, params, h, chain, storage, work)
             for p in params:
@@ -355,6 +359,55 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
         state["step"] = torch.tensor(0.0, dtype=torch.float32)
         for transform in chain:
             state.update(transform.init(p))
+
+    # per param group index, at its last check: the group, its hyper-parameters, its chain's init structure and
+    # the parameters whose state still lacks keys of that structure (they had no gradient then)
+    _state_layouts: dict[int, tuple[dict[str, Any], dict[str, Any], tuple[Any, ...], list[Tensor]]]
+
+    def _grow_state(
+        self, gi: int, group: dict[str, Any], values: dict[str, Any], chain: tuple[Transform, ...],
+        storage: Storage | None,
+    ) -> None:
+        """A group whose hyper-parameters changed (or that is checked for the first time, or after
+        load_state_dict) may now run a chain that reads state its parameters lack: SGD whose momentum is raised
+        from 0, AdamW with amsgrad switched on, an engine option that adds a transform. When the structure of the
+        chain's inits changed too, each parameter of the group that has state gets the keys it lacks, as the
+        transforms' `init` makes them (a storage converts them with its `init`, as at a first step); keys
+        present keep their values. A parameter without a gradient now gets them at its next step with one
+        (an init may read the gradient). The compiled step then gathers its flat layouts again.
+
+        Assumes the chain's init structure is a function of the group's hyper-parameters (and the class); a
+        subclass whose chain depends on anything else clears `_state_layouts` when that changes."""
+        structure = _init_structure(chain)
+        known = self._state_layouts.get(gi)
+        if known is not None and known[0] is group and known[2] == structure:
+            candidates = known[3]
+        else:
+            candidates = group["params"]
+        pending: list[Tensor] = []
+        added = False
+        for p in candidates:
+            state = self.state.get(p)
+            if not state or "step" not in state:  # allocated whole at its first step
+                continue
+            if p.grad is None:
+                pending.append(p)
+                continue
+            fresh: State = {}
+            for transform in chain:
+                fresh.update(transform.init(p))
+            fresh = {key: value for key, value in fresh.items() if key not in state}
+            if not fresh:
+                continue
+            if storage is not None:
+                storage.init(p, fresh)  # converts these keys only: the others are in stored form already
+            # a new dict: every compiled layout that holds the old one (the 8-bit path's too) gathers it again
+            self.state[p] = {**state, **fresh}
+            added = True
+        self._state_layouts[gi] = (group, values, structure, pending)
+        compiled = getattr(self, "_compiled", None)
+        if added and compiled is not None:
+            compiled.invalidate()  # its flat layouts hold the state gathered without the new keys
 
     def _params_with_grad(self) -> list[tuple[dict[str, Any], list[Tensor]]]:
         work = []
@@ -412,6 +465,7 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
             if saved is not None:
                 self.state[p] = {k: _own_copy(v, p.device, k) for k, v in saved.items()}
         self.skipped_steps = int(state_dict.get("gradwise", {}).get("skipped_steps", 0))
+        self._state_layouts = {}  # the checkpoint may come from a run whose chains kept other state
         compiled = getattr(self, "_compiled", None)
         if compiled is not None:
             compiled.invalidate()  # the loaded state is not in the flat buffers: gather again
@@ -427,6 +481,42 @@ def _own_copy(value: Any, device: torch.device, key: str) -> Any:
     if key == "step":  # stays on the host, as in torch.optim
         return value.detach().clone()
     return value.detach().to(device=device, copy=True)
+
+
+def _same_values(last: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Whether a group's hyper-parameters are those of the last check: one dict comparison, by identity first
+    (values are the group's own objects); a tensor that compares ambiguously counts as a change."""
+    try:
+        return last == values
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+def _init_structure(chain: tuple[Transform, ...]) -> tuple[Any, ...]:
+    """What decides the state keys a chain's inits allocate: each init's code and what it captures (key
+    names, flags, the inits of the transforms a wrapper holds), recursively; other objects by identity."""
+    return tuple(_structure_of(transform.init) for transform in chain)
+
+
+def _structure_of(value: Any) -> Any:
+    if isinstance(value, FunctionType):
+        cells = value.__closure__
+        if not cells:
+            return value.__code__
+        contents = []
+        for cell in cells:
+            try:
+                contents.append(_structure_of(cell.cell_contents))
+            except ValueError:  # an empty cell
+                contents.append(None)
+        return (value.__code__, tuple(contents))
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, Transform):
+        return _structure_of(value.init)
+    if isinstance(value, (tuple, list)):
+        return tuple(map(_structure_of, value))
+    return (type(value), id(value))
 
 
 def hyper_parameters(group: dict[str, Any]) -> SimpleNamespace:
