@@ -272,3 +272,128 @@ def test_a_pre_hook_may_replace_the_arguments_and_the_profiler_sees_the_step():
     with torch.profiler.profile() as prof:
         opt.step()
     assert any(event.name == "Optimizer.step#AdamW.step" for event in prof.events())
+
+
+# -- the streamed sum of a large flat gradient buffer (under inductor on CPU from 24 MB on): forced here for small
+# buffers under the "eager" backend, which runs the same graph without compiling code (inductor's C++ build would
+# cost seconds a test)
+@pytest.fixture
+def streamed(monkeypatch):
+    from gradwise.core import compiled
+
+    monkeypatch.setattr(compiled, "STREAMED_MIN_BYTES", 0)
+    monkeypatch.setattr(compiled, "STREAMED_BACKENDS", frozenset({"eager"}))
+    monkeypatch.setattr(compiled, "_streamed", {})
+    return compiled
+
+
+def _inf_and_minus_inf(ps):
+    ps[0].grad.view(-1)[3] = float("inf")
+    ps[2].grad.view(-1)[5] = float("-inf")
+
+
+POISONS = {
+    "nan": lambda ps: ps[1].grad.view(-1).__setitem__(2, float("nan")),
+    "+inf": lambda ps: ps[2].grad.view(-1).__setitem__(11, float("inf")),
+    "-inf": lambda ps: ps[0].grad.view(-1).__setitem__(0, float("-inf")),
+    "inf and -inf": _inf_and_minus_inf,
+}
+
+
+@pytest.mark.parametrize("bad", list(POISONS))
+def test_the_streamed_sum_finds_every_nonfinite_gradient(streamed, bad):
+    params, eager, opt, ref = pair()
+    steps(opt, params, range(3))
+    steps(ref, eager, range(3))
+    assert list(streamed._streamed) == [("eager", torch.float32, 48)]  # the buffer took the streams
+    before = snapshot(opt, params)
+    steps(opt, params, [3], poison=POISONS[bad])
+    steps(ref, eager, [3], poison=POISONS[bad])
+    assert opt.skipped_steps == ref.skipped_steps == 1
+    assert same(snapshot(opt, params), before)
+    steps(opt, params, range(4, 6))
+    steps(ref, eager, range(4, 6))
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("where", ["across streams", "within a stream"])
+def test_a_streamed_sum_that_overflows_falls_back_to_the_exact_check(streamed, where):
+    # the 48-element buffer is 4 streams of 12: parameters 0 and 2 start streams 0 and 2 (offsets 0 and 32), so
+    # their elementwise sum overflows; parameter 0 alone overflows only in the final sum of its stream
+    params, eager, opt, ref = pair()
+    steps(opt, params, range(2))
+    steps(ref, eager, range(2))
+    calls = []
+    exact = opt._gradients_finite
+    opt._gradients_finite = lambda work: calls.append(1) or exact(work)
+
+    def huge(ps):
+        ps[0].grad.fill_(3e38)
+        if where == "across streams":
+            ps[2].grad.fill_(3e38)
+
+    steps(opt, params, [2], poison=huge)
+    steps(ref, eager, [2], poison=huge)
+    assert calls and opt.skipped_steps == ref.skipped_steps == 0
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_the_streamed_sum_of_half_precision_is_taken_in_float32(streamed):
+    params, _, opt, _ = pair(dtype=torch.bfloat16)
+    steps(opt, params, range(2))
+    g = next(iter(opt._compiled.layouts.values())).grad
+    g.fill_(3e38)  # every element finite; a bfloat16 sum would overflow at the second
+    assert streamed._buffer_sum(g, "eager").dtype == torch.float32
+    assert list(streamed._streamed) == [("eager", torch.bfloat16, 48)]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf and -inf"])
+def test_nonfinite_raise_names_the_parameter_on_the_streamed_path(streamed, bad):
+    params, _, opt, _ = pair(nonfinite="raise")
+    steps(opt, params, range(2))
+    before = snapshot(opt, params)
+    expected = "parameter 1" if bad == "nan" else "parameter 0"
+    with pytest.raises(FloatingPointError, match=f"{expected} of param group 0"):
+        steps(opt, params, [2], poison=POISONS[bad])
+    assert same(snapshot(opt, params), before)
+
+
+def test_the_streamed_sums_compile_once_per_buffer_length(streamed):
+    from torch._dynamo.utils import counters
+
+    params = make_params()
+    extra = [torch.randn(50, requires_grad=True)]  # a second group: a flat buffer of 64 elements beside the 48
+    opt = gw.AdamW([{"params": params}, {"params": extra, "lr": 1e-3}], lr=1e-2, compile="eager")
+    for k in range(20):
+        opt.zero_grad()
+        backward(params, k)
+        (extra[0] ** 2).sum().backward()
+        opt.step()
+        if k == 1:
+            graphs = counters["stats"]["unique_graphs"]
+    assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled after the second step
+    assert sorted(streamed._streamed, key=str) == [("eager", torch.float32, 48), ("eager", torch.float32, 64)]
+    assert len(opt._compiled.layouts) == 2
+
+
+def test_a_streamed_sum_that_fails_to_compile_falls_back_to_the_eager_sum(streamed, monkeypatch):
+    def broken(dtype):
+        def streamed_sum(g):
+            torch._dynamo.graph_break()  # fullgraph=True: compiling raises
+            return g.sum()
+
+        return streamed_sum
+
+    monkeypatch.setattr(streamed, "_streamed_sum_function", broken)
+    params, eager, opt, ref = pair()
+    with pytest.warns(UserWarning, match="the non-finite check sums eagerly") as record:
+        steps(opt, params, range(2))
+    assert record[0].filename == __file__  # attributed to the caller of step()
+    steps(ref, eager, range(2))
+    assert streamed._streamed == {("eager", torch.float32, 48): None}
+    steps(opt, params, [2], poison=POISONS["nan"])
+    assert opt.skipped_steps == 1
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

@@ -292,6 +292,72 @@ def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# -- the non-finite check's sum of a flat gradient buffer -----------------------------------------------------
+# One thread summing a buffer larger than the cache waits on memory: torch's eager sum reads it as one stream
+# (40 MB float32: 1.33 ms), a compiled sum of its quarters added elementwise reads 4 at once (0.94-1.0 ms; 8
+# streams or g.view(4, -1).sum(0).sum() the same within noise). A compiled call costs ~45 us more than an
+# eager one, and a buffer that fits the cache sums as fast eagerly (16 MB: 0.30 eager, 0.36 ms compiled; 24
+# MB: even; 32 MB: 0.97 against 0.76-0.82): CPU buffers of 24 MB and more take the streams, under inductor
+# (the only backend that fuses them). Measured with 1 thread, 32 MB of L3.
+STREAMS = 4
+STREAMED_MIN_BYTES = 24 << 20
+STREAMED_BACKENDS = frozenset({"inductor"})
+MAX_STREAMED_LENGTHS = 8  # compiles (one per buffer dtype and length, shared by every optimizer) at most
+_streamed: dict[tuple, Callable | None] = {}
+
+
+def _streamed_sum_function(dtype: torch.dtype) -> Callable:
+    def streamed_sum(g: Tensor) -> Tensor:
+        rows = g.view(STREAMS, -1).to(dtype)
+        total = rows[0]
+        for i in range(1, STREAMS):
+            total = total + rows[i]  # NaN and infinity still propagate; an overflow gives infinity
+        return total.sum()
+
+    return streamed_sum
+
+
+def _buffer_sum(g: Tensor, backend: str) -> Tensor:
+    """The sum of a flat gradient buffer in `_sum_dtype`: compiled as STREAMS streams where that is faster
+    (see STREAMED_MIN_BYTES), else torch's eager sum. Each (dtype, length) compiles once, static; past
+    MAX_STREAMED_LENGTHS lengths, or if compiling fails (warned once), the eager sum."""
+    dtype = _sum_dtype(g.dtype)
+    n = g.numel()
+    if (
+        backend not in STREAMED_BACKENDS
+        or g.device.type != "cpu"
+        or n % STREAMS
+        or n * g.element_size() < STREAMED_MIN_BYTES
+        or not g.is_contiguous()
+    ):
+        return g.sum(dtype=dtype)
+    key = (backend, g.dtype, n)
+    if key not in _streamed:
+        if len(_streamed) >= MAX_STREAMED_LENGTHS:
+            return g.sum(dtype=dtype)
+        streamed_sum = _fresh(_streamed_sum_function(dtype), f"gradwise_finite_sum_{n}_{next(_names)}")
+        _streamed[key] = torch.compile(streamed_sum, backend=backend, fullgraph=True, dynamic=False)
+    fn = _streamed[key]
+    if fn is not None:
+        try:
+            return fn(g)
+        except Exception as error:  # compiling failed: the eager sum from now on, for this length
+            _streamed[key] = None
+            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"gradwise: the non-finite check sums eagerly: torch.compile failed "
+                          f"({type(error).__name__}: {first_line})", stacklevel=_user_level())
+    return g.sum(dtype=dtype)
+
+
+def _user_level() -> int:
+    """The warnings stacklevel of the first frame outside gradwise and torch, seen from the caller."""
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and any(part in frame.f_code.co_filename for part in _INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _scalar_double(v: Any) -> bool:
     return isinstance(v, Tensor) and v.dim() == 0 and v.dtype == torch.float64
 
@@ -614,26 +680,28 @@ class CompiledStep:
             self.begin(work)
         assert self._plan is not None  # begin sets it
         last = self._last
+        backend = self.backend
         if last is not None and last.plan is self._plan[1]:  # the fingerprint's plan is complete
-            grads = last.buffers
+            sums = [_buffer_sum(g, backend) for g in last.buffers]
         else:
-            grads = []  # a flat gradient buffer per laid-out bucket, the gradients of the others
+            sums = []  # a sum per flat gradient buffer of a laid-out bucket, per gradient of the others
             for buckets in self._plan[1].values():
                 for members, layout in buckets.values():
                     if layout is not None:
-                        grads.append(layout.grad)
+                        sums.append(_buffer_sum(layout.grad, backend))
                     else:
-                        grads.extend(p.grad for p in members if p.grad is not None and p.grad.numel() > 0)
-        if not grads:
+                        sums.extend(g.sum(dtype=_sum_dtype(g.dtype)) for g in map(_grad_of, members)
+                                    if g is not None and g.numel() > 0)
+        if not sums:
             return True
         # a sum is finite only if every element is (NaN and infinity propagate; +inf and -inf give NaN): one
         # reduction per tensor and one scalar read, cheaper than aminmax (1000 x 1k flat: 0.29 against 0.46 ms,
         # cold cache). A sum that overflows sends the step to the exact check. One buffer: its sum is the total.
-        if len(grads) == 1:
-            total = grads[0].sum(dtype=_sum_dtype(grads[0].dtype))
+        if len(sums) == 1:
+            total = sums[0]
         else:
-            device = grads[0].device
-            total = torch.stack([g.sum(dtype=_sum_dtype(g.dtype)).to(device, torch.float32) for g in grads]).sum()
+            device = sums[0].device
+            total = torch.stack([t.to(device, torch.float32) for t in sums]).sum()
         if math.isfinite(float(total)):
             return True
         return self.optimizer._gradients_finite(work)  # exact, and finds the parameter for "raise"
