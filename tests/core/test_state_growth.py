@@ -130,6 +130,43 @@ def test_grokfast_switched_on_mid_run_allocates_its_average(compile, recwarn):
 
 
 @pytest.mark.parametrize("compile", COMPILES)
+def test_only_the_group_whose_momentum_is_raised_grows(compile, recwarn):
+    """Two groups: the first has momentum all along, the second's is raised from 0 mid-run."""
+    ours, theirs = make_params(), make_params()
+
+    def groups(params):
+        return [{"params": params[:1], "momentum": 0.5}, {"params": params[1:], "momentum": 0.0}]
+
+    opt = gw.SGD(groups(ours), lr=0.05, compile=compile)
+    ref = torch.optim.SGD(groups(theirs), lr=0.05)
+    for k in range(25):
+        if k == 4:
+            for o in (opt, ref):
+                o.param_groups[1]["momentum"] = 0.9
+        for params, o in ((ours, opt), (theirs, ref)):
+            set_grads(params, k)
+            o.step()
+    assert_all_close(ours, theirs)
+    assert no_eager_fallback(recwarn)
+
+
+def test_cautious_switched_on_mid_run_steps_the_same_eager_and_compiled(recwarn):
+    """The cautious mask wraps the chain (a new init structure, no new state): eager and compiled agree."""
+    runs = []
+    for compile in COMPILES:
+        params = make_params()
+        opt = gw.AdamW(params, lr=1e-2, compile=compile)
+        for k in range(12):
+            if k == 4:
+                opt.param_groups[0]["cautious"] = True
+            set_grads(params, k)
+            opt.step()
+        runs.append(params)
+    assert_all_close(*runs)
+    assert no_eager_fallback(recwarn)
+
+
+@pytest.mark.parametrize("compile", COMPILES)
 def test_state_dict_round_trip_after_the_change_continues_exactly(compile, recwarn):
     params = make_params()
     opt = gw.AdamW(params, lr=1e-2, amsgrad=False, compile=compile)
