@@ -101,15 +101,16 @@ def test_adamw_amsgrad_switched_on_starts_its_running_max_at_zero(compile, recwa
 
 
 def grokfast_reference(params, steps, switch_at, lr=0.05, alpha=0.9, lamb=2.0):
-    """SGD with Grokfast's EMA filter from step `switch_at` on, its average starting from zeros (init's)."""
-    ema = [torch.zeros_like(p) for p in params]
+    """SGD with Grokfast's EMA filter from step `switch_at` on, its average starting at the first gradient it
+    sees (the authors' gradfilter_ema)."""
+    ema: list[torch.Tensor | None] = [None for _ in params]
     with torch.no_grad():
         for k in range(steps):
             set_grads(params, k)
             for i, p in enumerate(params):
                 u = p.grad
                 if k >= switch_at:
-                    ema[i] = alpha * ema[i] + (1 - alpha) * u
+                    ema[i] = u.clone() if ema[i] is None else alpha * ema[i] + (1 - alpha) * u
                     u = u + lamb * ema[i]
                 p.sub_(lr * u)
 

@@ -31,31 +31,21 @@ DEFAULT_LAMB = {"ema": 2.0, "ma": 5.0}
 def grokfast_ema(alpha: float, lamb: float, key: str = "grokfast_ema") -> Transform:
     """e <- alpha e + (1 - alpha) u (e starts at the first u);  u <- u + lamb e.
 
-    e is allocated (zero) with the rest of the state and set to u on the parameter's first step (the
-    coefficient `first`: a `torch.where` with a tensor flag, the copy itself with a Python bool). Turned
-    on for a parameter whose state exists already, the filter allocates e as a copy of u when it first runs.
+    e is allocated by the kernel, as a copy of u, the first time it runs for a parameter: at the parameter's
+    first step, or at its first step after the filter is switched on mid-run (the authors' rule either
+    way). It has no `init`, so the engine's state growth (a chain that gains state mid-run) never hands it a
+    zero average. Compiled, the first call adds the key to the state and the flat buffers gather again.
     """
 
-    def coefficients(t: float) -> tuple[bool, float, float, float]:
-        return (t == 1, alpha, 1 - alpha, lamb)
-
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        first, keep, weight, gain = c
+        keep, weight, gain = c
         if key not in s:  # a structural check (the state's keys), not a number
             s[key] = u.detach().clone(memory_format=torch.preserve_format)
         ema = s[key]
-        if isinstance(first, bool):
-            if first:
-                ema.copy_(u)
-        else:
-            ema.copy_(torch.where(first, u, ema))
         ema.mul_(keep).add_(u * weight)
         return u + ema * gain
 
-    def init(p: Tensor) -> dict[str, Tensor]:
-        return {key: torch.zeros_like(p, memory_format=torch.preserve_format)}
-
-    return kernel_transform(kernel, coefficients, init, elementwise=True)
+    return kernel_transform(kernel, lambda t: (alpha, 1 - alpha, lamb), elementwise=True)
 
 
 def grokfast_ma(window: int, lamb: float, key: str = "grokfast_ma", count: str = "grokfast_ma_count") -> Transform:
