@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
 
-import torch
-from torch import Tensor
 from torch.optim.optimizer import required
 
 from ..core import (
@@ -90,32 +87,6 @@ class SGDP(ChainOptimizer):
     # momentum < 1: the decay rate divides by 1 - momentum.
     ranges = dict(lr=NonNegative, momentum=Beta, dampening=UnitInterval, weight_decay=NonNegative,
                   nesterov=Flag(), eps=NonNegative, delta=NonNegative, wd_ratio=UnitInterval)
-
-    _without_momentum: tuple[bool, ...] | None = None  # per group, whether its momentum was 0 at the last step
-
-    def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
-        """A group whose momentum was 0 (at the last step, or in a loaded checkpoint) and is no longer starts the
-        buffers of its stepped parameters at zero. Per step, unless a momentum changed: one comparison."""
-        without = tuple(group["momentum"] == 0 for group in self.param_groups)
-        if without == self._without_momentum:
-            return
-        added = False
-        for group, zero in zip(self.param_groups, without, strict=True):
-            if zero:
-                continue
-            for p in group["params"]:
-                state = self.state.get(p)
-                if state and "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    added = True
-        compiled = getattr(self, "_compiled", None)
-        if added and compiled is not None:
-            compiled.invalidate()  # the flat layouts hold the state gathered without the buffers
-        self._without_momentum = without
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._without_momentum = None  # the checkpoint may come from a run without momentum
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
         if h.momentum == 0:
