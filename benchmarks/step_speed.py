@@ -33,6 +33,9 @@ Run:  .venv/bin/python benchmarks/step_speed.py [--quick] [--shapes 100x100k,100
                                                 [--no-compile | --compile-only] [--backend inductor]
       --breakdown: no table; where each compiled step's time goes (its checks, the non-finite check, the
       compiled call, the rest of the step), with the caches flushed by the triad before each step and without.
+      --grads fresh: a new gradient tensor per parameter before each step (untimed), as backward gives after
+      torch's default zero_grad(set_to_none=True); the compiled flat path then copies the gradients into its
+      buffer inside the timed step (with zero_grad(set_to_none=False) backward accumulates into that buffer).
 """
 
 from __future__ import annotations
@@ -183,14 +186,20 @@ def floor_bytes(params: list[torch.Tensor], state_tensors: int) -> int:
 
 
 def time_round_robin(steps: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                     stat: str = "median") -> dict[str, float]:
-    """Seconds per call of each step function (median or min), timed in turn so that load hits all alike."""
+                     stat: str = "median", before: dict[str, Callable[[], object]] | None = None) -> dict[str, float]:
+    """Seconds per call of each step function (median or min), timed in turn so that load hits all alike;
+    `before[key]`, if given, runs untimed before each call of `steps[key]` (warm-up calls included)."""
+    before = before or {}
     for _ in range(warmup):
-        for fn in steps.values():
+        for key, fn in steps.items():
+            if key in before:
+                before[key]()
             fn()
     samples: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(repeats):
         for key, fn in steps.items():
+            if key in before:
+                before[key]()
             t0 = time.perf_counter()
             fn()
             samples[key].append(time.perf_counter() - t0)
@@ -253,6 +262,10 @@ class Report:
     backend: str | None = None  # torch.compile backend of the compiled contender, None when not timed
     compile_warmup: int = 0
     eager: bool = True
+    grads: str = "fixed"  # "fixed": the same gradient tensors every step; "fresh": new ones before each step
+
+
+GRADS = ("fixed", "fresh")
 
 
 def optimizer_names() -> list[str]:
@@ -276,6 +289,19 @@ def stepper(opt: torch.optim.Optimizer) -> Callable[[], object]:
         step: Callable[..., object] = opt.step  # the Polyak optimizers' step takes loss=
         return lambda: step(loss=loss)
     return opt.step
+
+
+def fresh_gradients(params: list[torch.Tensor]) -> Callable[[], None]:
+    """A function that gives every parameter a new gradient tensor with the same values, as backward does after
+    `zero_grad(set_to_none=True)` (torch's default): an optimizer that keeps gradients in buffers of its own
+    (gradwise's compiled flat path) must then copy them in, each step."""
+    source = [p.grad.detach().clone() for p in params if p.grad is not None]
+
+    def give() -> None:
+        for p, g in zip(params, source, strict=True):
+            p.grad = g.clone()
+
+    return give
 
 
 def compiled_path(opt: torch.optim.Optimizer, fell_back: bool) -> str:
@@ -309,12 +335,17 @@ def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None =
               warmup: int = 3, threads: int | None = None, triad_elements: int = 32_000_000,
               nonfinite: str = "skip", peers: bool = True, stat: str = "median",
               log: Callable[[str], None] | None = None, eager: bool = True, compile: bool | str = False,
-              compile_warmup: int = 3) -> Report:
+              compile_warmup: int = 3, grads: str = "fixed") -> Report:
     """Time every optimizer on every shape set; the core of this script (also run by the smoke test).
 
     `compile`: False times no compiled contender, True (inductor) or a backend name times one; `eager=False`
     leaves the eager contender out (then k and the floor come from the compiled optimizer's state).
+    `grads`: "fixed" steps every contender with the same gradient tensors each time; "fresh" hands each a new
+    gradient tensor before every step, untimed (`fresh_gradients`), as a training loop with torch's default
+    `zero_grad(set_to_none=True)` does.
     """
+    if grads not in GRADS:
+        raise ValueError(f"grads must be one of {GRADS}, got {grads!r}")
     if not eager and compile is False:
         raise ValueError("nothing to time: eager=False needs compile=True or a backend")
     threads = threads or os.cpu_count() or 1
@@ -347,8 +378,10 @@ def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None =
                 contenders["peer"] = peer[1](params["peer"])
             steps = {k: stepper(opt) for k, opt in contenders.items()}
             steps["triad"] = lambda: triad_a.add_(triad_b, alpha=1e-9)
+            before: dict[str, Callable[[], object]] | None = (
+                {k: fresh_gradients(params[k]) for k in contenders} if grads == "fresh" else None)
             graphs = _graph_count()
-            times = time_round_robin(steps, repeats, warmup, stat)
+            times = time_round_robin(steps, repeats, warmup, stat, before)
             if "compiled" in contenders and _graph_count() != graphs:
                 path += "!"
             row_bandwidth = triad_bytes / times["triad"]
@@ -373,7 +406,7 @@ def benchmark(shapes: dict[str, list[Shape]], optimizers: Sequence[str] | None =
     bandwidth = statistics.median(bandwidths) if bandwidths else bandwidth
     backend = None if compile is False else ("inductor" if compile is True else str(compile))
     return Report(threads, torch.__version__, cpu_model(), peer_version(), bandwidth, rows, bandwidth_three, stat,
-                  (load_before, os.getloadavg()[0]), backend, compile_warmup, eager)
+                  (load_before, os.getloadavg()[0]), backend, compile_warmup, eager, grads)
 
 
 # -- where the compiled step's time goes (--breakdown) --------------------------------------------------------
@@ -527,7 +560,8 @@ def format_header(report: Report) -> str:
         f"torch {report.torch_version}, threads {report.threads}, CPU {report.cpu}, {os.cpu_count()} cores;"
         f" load average {report.load[0]:.1f} before, {report.load[1]:.1f} after",
         f"times: {report.stat} of the timed steps; eager {'timed' if report.eager else 'not timed'};"
-        f" compiled: {compiled}",
+        f" compiled: {compiled}; gradients: {report.grads}"
+        + (" (a new tensor per parameter before each step, untimed)" if report.grads == "fresh" else ""),
         f"pytorch-optimizer {report.peer_version}; triad bandwidth (float32, 3 arrays counted):"
         f" a = a + s*b {report.bandwidth / 1e9:.1f} GB/s (median over rows; each row's floor uses the triad"
         f" timed in its own round-robin), c = a + s*b {report.bandwidth_three_arrays / 1e9:.1f} GB/s",
@@ -565,6 +599,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stat", default="median", choices=tuple(STATS),
                         help="statistic of the timed steps (min resists load from other processes)")
     parser.add_argument("--no-peers", action="store_true", help="do not time pytorch-optimizer")
+    parser.add_argument("--grads", default="fixed", choices=GRADS,
+                        help="fixed: the same gradient tensors every step; fresh: a new gradient tensor per parameter "
+                        "before each step (untimed), as after zero_grad(set_to_none=True)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--no-compile", action="store_true", help="time eager only (no compiled contender)")
     which.add_argument("--compile-only", action="store_true", help="time compiled only (no eager contender)")
@@ -600,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = benchmark(shapes, names, repeats=repeats, warmup=args.warmup, threads=args.threads,
                        nonfinite=args.nonfinite, peers=not args.no_peers, stat=args.stat,
                        log=lambda line: print(line, file=sys.stderr, flush=True), eager=not args.compile_only,
-                       compile=compile_flag, compile_warmup=args.compile_warmup)
+                       compile=compile_flag, compile_warmup=args.compile_warmup, grads=args.grads)
     print(format_table(report))
     print(f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - started:.0f} s")
     return 0

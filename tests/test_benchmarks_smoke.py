@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import types
 
+import pytest
+import torch
+
 import gradwise
 from gradwise.core.registry import entry
 from script_loader import load_script
@@ -70,3 +73,22 @@ def test_step_speed_targets_and_paths():
     assert step_speed.compiled_path(compiled("flat"), False) == "flat"
     assert step_speed.compiled_path(compiled("flat", "each"), True) == "flat+per-param+eager"
     assert step_speed.compiled_path(compiled(), True) == "eager-fallback"
+
+
+def test_step_speed_fresh_gradients_hand_each_step_new_tensors_with_the_same_values():
+    step_speed = load_step_speed()
+    params = step_speed.make_params([(4,), (2, 3)])
+    give = step_speed.fresh_gradients(params)
+    seen = [p.grad for p in params]
+    for _ in range(2):
+        give()
+        assert all(p.grad is not g and torch.equal(p.grad, g) for p, g in zip(params, seen, strict=True))
+        seen = [p.grad for p in params]
+    report = step_speed.benchmark({"tiny": [(64,), (8, 8)]}, ["adamw"], repeats=2, warmup=1, threads=1,
+                                  triad_elements=100_000, compile="eager", compile_warmup=1, peers=False,
+                                  grads="fresh")
+    (row,) = report.rows
+    assert report.grads == "fresh" and row.compiled_ms > 0 and row.path == "flat"
+    assert "gradients: fresh" in step_speed.format_table(report)
+    with pytest.raises(ValueError, match="grads"):
+        step_speed.benchmark({"tiny": [(64,)]}, ["adamw"], grads="stale")
