@@ -20,6 +20,11 @@ Noise and reproducibility: noise is drawn from torch's global generator unless t
 exactly. With the global generator, a resumed chain equals the uninterrupted one only if the caller
 saves and restores `torch.get_rng_state()` (and the CUDA states) alongside the sampler's state, and
 nothing else draws from it in between: the sampler never touches the global RNG state on load.
+
+Under compile (`compile=True`): with the global generator, inductor draws the noise inside its graph, a stream
+of its own (seeded by torch.manual_seed, so still reproducible, but not eager's numbers); with a generator,
+the noise is drawn from it before each step in the eager order, so the compiled chain consumes exactly the
+eager chain's draws (`LangevinSampler`) and its state_dict and resumption behave as eager's.
 """
 
 from __future__ import annotations
@@ -30,16 +35,28 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.optim.optimizer import required
 
 from ..core import Beta, ChainOptimizer, Flag, NonNegative, Positive, Transform, UnitInterval, register
+from ..core.engine import engine_options, hyper_parameters
 from ..transforms.moments import first_moment, second_moment
 from ..transforms.noise import langevin_step, preconditioned_langevin_step, sghmc_friction
 from ..transforms.steps import sgd_step
 
+DRAWN = "langevin_noise"  # the state key of a step's noise drawn ahead under compile (never saved)
+
 
 class LangevinSampler(ChainOptimizer):
-    """Base of the samplers: adds the keyword-only `generator` option and saves its state."""
+    """Base of the samplers: adds the keyword-only `generator` option and saves its state.
+
+    Under compile with a generator, the kernels cannot draw (a graph cannot capture a torch.Generator), so
+    `prepare` draws each parameter's noise from the generator before the step, in the order the eager step
+    draws it (param groups, then parameters, one draw of the parameter's shape each), into state[DRAWN],
+    which the kernels read: the compiled chain then follows the eager chain's noise stream exactly. That
+    buffer is working memory (one parameter-sized tensor per parameter), left out of `state_dict`. A group
+    whose state has a storage (state_dtype, state_bits, ...) keeps drawing in its kernels, eagerly.
+    """
 
     keyword_only = {**ChainOptimizer.keyword_only, "generator": None}
 
@@ -58,8 +75,35 @@ class LangevinSampler(ChainOptimizer):
         self.generator = generator
         super().__init__(params, *args, nonfinite=nonfinite, **hyper)
 
+    def draws_ahead(self, h: SimpleNamespace) -> bool:
+        """Whether a group's noise is drawn by `prepare` (compiled, with a generator, plain state)."""
+        if self.generator is None or getattr(self, "_compiled", None) is None:
+            return False
+        return all(option.storage is None or option.storage(h) is None for option in engine_options())
+
+    def noise_source(self, h: SimpleNamespace) -> dict[str, Any]:
+        """The noise arguments of a group's transforms: a generator to draw from, or the key drawn into."""
+        return dict(generator=None, drawn=DRAWN) if self.draws_ahead(h) else dict(generator=self.generator)
+
+    def prepare(self, work: list[tuple[dict[str, Any], list[Tensor]]]) -> None:
+        if self.generator is None or getattr(self, "_compiled", None) is None:
+            return
+        for group, params in work:
+            if not params or not self.draws_ahead(hyper_parameters(group)):
+                continue
+            for p in params:
+                state = self.state[p]
+                noise = state.get(DRAWN)
+                if noise is None or noise.shape != p.shape or noise.dtype != p.dtype or noise.device != p.device:
+                    noise = state[DRAWN] = torch.empty(p.shape, dtype=p.dtype, device=p.device)
+                noise.normal_(generator=self.generator)  # in place: under compile, a view of a flat buffer
+
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
+        sd["state"] = {
+            index: {k: v for k, v in state.items() if k != DRAWN} if DRAWN in state else state
+            for index, state in sd["state"].items()
+        }
         if self.generator is not None:
             sd["gradwise"]["generator_state"] = self.generator.get_state()
         return sd
@@ -104,7 +148,7 @@ class SGLD(LangevinSampler):
     ranges = dict(lr=NonNegative, temperature=NonNegative)
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
-        return (langevin_step(h.lr, h.temperature, self.generator),)
+        return (langevin_step(h.lr, h.temperature, **self.noise_source(h)),)
 
 
 @register("psgld", paper="Li, Chen, Carlson & Carin, Preconditioned Stochastic Gradient Langevin Dynamics for "
@@ -141,7 +185,7 @@ class PSGLD(LangevinSampler):
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
         return (
             second_moment(h.alpha, key="square_avg"),
-            preconditioned_langevin_step(h.lr, h.temperature, h.eps, self.generator, second="square_avg"),
+            preconditioned_langevin_step(h.lr, h.temperature, h.eps, second="square_avg", **self.noise_source(h)),
         )
 
 
@@ -183,6 +227,6 @@ class SGHMC(LangevinSampler):
             noise_estimate = ("grad_avg", "grad_sq_avg", h.noise_decay)
         return (
             *estimate,
-            sghmc_friction(h.lr, h.friction, h.temperature, self.generator, noise_estimate),
+            sghmc_friction(h.lr, h.friction, h.temperature, noise_estimate=noise_estimate, **self.noise_source(h)),
             sgd_step(1.0),
         )

@@ -7,8 +7,11 @@ order), one draw of the parameter's shape per parameter per step, so a seeded ge
 reproducible chain.
 
 The generator is part of each kernel's structure (it never changes during a run); every number is a
-coefficient. The kernels are elementwise: each element gets its own independent draw, although the
-stream of draws over a flat buffer of several parameters is not the concatenation of their separate streams.
+coefficient. With `drawn` (a state key) a kernel draws nothing itself: it reads xi from state[drawn], which the
+caller filled before the step (the samplers do so under compile with a generator, see
+`gradwise.optim.langevin.LangevinSampler`), and may overwrite it. The kernels are elementwise: each element
+gets its own independent draw, although the stream of draws over a flat buffer of several parameters is not
+the concatenation of their separate streams.
 
 The gradient u these transforms receive must be the gradient of the full-data negative log posterior
 U(theta) = -log p(theta) - sum_i log p(x_i | theta) (see `gradwise.sampling.collect.neg_log_posterior`):
@@ -32,7 +35,14 @@ def gaussian_like(p: Tensor, generator: torch.Generator | None = None) -> Tensor
     return torch.randn(p.shape, generator=generator, dtype=p.dtype, device=p.device)
 
 
-def langevin_step(lr: float, temperature: float = 1.0, generator: torch.Generator | None = None) -> Transform:
+def _draw(p: Tensor, s: dict, generator: torch.Generator | None, drawn: str | None) -> Tensor:
+    """This step's xi for p: state[drawn] (filled before the step, and free to be overwritten) or a fresh draw."""
+    return s[drawn] if drawn is not None else gaussian_like(p, generator)
+
+
+def langevin_step(
+    lr: float, temperature: float = 1.0, generator: torch.Generator | None = None, drawn: str | None = None
+) -> Transform:
     """p <- p - lr u + sqrt(2 lr T) xi, xi ~ N(0, I): an Euler-Maruyama step of overdamped Langevin dynamics.
 
     Its stationary distribution (as lr -> 0, with exact gradients) is proportional to exp(-U / T).
@@ -40,7 +50,7 @@ def langevin_step(lr: float, temperature: float = 1.0, generator: torch.Generato
     scale = math.sqrt(2.0 * lr * temperature)
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        noise = gaussian_like(p, generator)
+        noise = _draw(p, s, generator, drawn)
         p.add_(u, alpha=c[0]).add_(noise, alpha=c[1])
         return u
 
@@ -53,6 +63,7 @@ def preconditioned_langevin_step(
     eps: float,
     generator: torch.Generator | None = None,
     second: str = "square_avg",
+    drawn: str | None = None,
 ) -> Transform:
     """G = 1 / (eps + sqrt(v));  p <- p - lr G u + sqrt(2 lr T G) xi, with v read from state[second].
 
@@ -66,7 +77,7 @@ def preconditioned_langevin_step(
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         precondition = s[second].sqrt().add_(c[0]).reciprocal_()
-        noise = gaussian_like(p, generator).mul_(precondition.sqrt()).mul_(c[1])
+        noise = _draw(p, s, generator, drawn).mul_(precondition.sqrt()).mul_(c[1])
         p.addcmul_(precondition, u, value=c[2]).add_(noise)
         return u
 
@@ -80,6 +91,7 @@ def sghmc_friction(
     generator: torch.Generator | None = None,
     noise_estimate: tuple[str, str, float] | None = None,
     key: str = "momentum_buffer",
+    drawn: str | None = None,
 ) -> Transform:
     """b <- (1 - friction) b + lr u - N(0, 2 lr max(friction T - beta_hat, 0));  returns b.
 
@@ -96,7 +108,7 @@ def sghmc_friction(
             return (math.sqrt(2.0 * lr * friction * temperature), 1.0 - friction, lr)
 
         def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-            noise = gaussian_like(p, generator).mul_(c[0])
+            noise = _draw(p, s, generator, drawn).mul_(c[0])
             s[key].mul_(c[1]).add_(u, alpha=c[2]).sub_(noise)  # b = -v exactly, noise included
             return s[key]
 
@@ -109,7 +121,7 @@ def sghmc_friction(
 
     def estimated_kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         correction, half_lr, friction_t, two_lr, keep, step = c
-        noise = gaussian_like(p, generator)
+        noise = _draw(p, s, generator, drawn)
         variance = (s[sq_key] / correction).sub_((s[mean_key] / correction).square_()).clamp_(min=0.0)
         beta_hat = variance.mul_(half_lr)
         noise.mul_(beta_hat.neg_().add_(friction_t).clamp_(min=0.0).mul_(two_lr).sqrt_())
