@@ -194,3 +194,43 @@ def test_bad_hyper_parameters_are_refused_with_their_name(name, value, error):
 def test_eps_pair_accepts_lists_and_stores_a_tuple():
     opt = Adafactor([torch.nn.Parameter(torch.zeros(2))], eps=[None, 1e-2])
     assert opt.param_groups[0]["eps"] == (None, 1e-2)
+
+
+def _train_compiled(make_opt, shapes, steps, seed=1):
+    """`steps` steps of a seeded problem on parameters of `shapes`; the parameters after each step."""
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g, dtype=DT)) for s in shapes]
+    targets = [torch.randn(s, generator=g, dtype=DT) for s in shapes]
+    opt = make_opt(params)
+    out = []
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = sum(((1 + i + step % 3) * torch.sin(p) * p + (p - y) ** 2).sum()
+                   for i, (p, y) in enumerate(zip(params, targets, strict=True)))
+        loss.backward()
+        opt.step()
+        out.append([p.detach().clone() for p in params])
+    return out, opt, params
+
+
+VECTORS = [(7,), (33,), (), (16,), (1,)]
+
+
+@pytest.mark.parametrize("hyper", [dict(), dict(lr=0.05, weight_decay=0.1, d=2.5, eps=(1e-20, 1e-2)),
+                                   dict(lr=0.03, beta1=0.9, maximize=True)])
+def test_compiled_vectors_run_flat_and_match_eager_and_torch(hyper):
+    """A bucket of vectors and scalars (full second moment) runs as one flat call; the numbers are eager's and,
+    without beta1, torch's, over 40 float64 steps; state_dict keeps torch's per-parameter format."""
+    flat, opt, params = _train_compiled(lambda ps: Adafactor(ps, compile="eager", **hyper), VECTORS, STEPS)
+    eager, ref, _ = _train_compiled(lambda ps: Adafactor(ps, **hyper), VECTORS, STEPS)
+    layouts = list(opt._compiled.layouts.values())
+    assert len(layouts) == 1 and layouts[0].members == params
+    assert worst_relative_difference(flat, eager) < 1e-12
+    if "beta1" not in hyper:
+        theirs, _, _ = _train_compiled(lambda ps: torch.optim.Adafactor(ps, **hyper), VECTORS, STEPS)
+        assert worst_relative_difference(flat, theirs) < 1e-10
+    ours, expected = opt.state_dict()["state"], ref.state_dict()["state"]
+    for i, shape in enumerate(VECTORS):
+        assert ours[i].keys() == expected[i].keys()
+        assert ours[i]["variance"].shape == shape
+        torch.testing.assert_close(ours[i]["variance"], expected[i]["variance"], rtol=1e-12, atol=0)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..core import Transform, kernel_transform
+from ..core.segments import SEGMENT_IDS, segment_broadcast, segment_sizes, segment_sums
 
 
 def _factored_state(p: Tensor) -> dict[str, Tensor]:
@@ -53,20 +54,24 @@ def factored_second_moment(decay: float, eps1: float | None) -> Transform:
             estimate = s["variance"].clone()
         return estimate.clamp_(min=floor_sq).rsqrt_().mul_(u)
 
-    return kernel_transform(kernel, coefficients, _factored_state)
+    return kernel_transform(kernel, coefficients, _factored_state, segmented=True)
 
 
-def _rms(x: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+def _rms(x: Tensor, s: dict) -> Tensor:
+    """RMS(x) = ||x|| / sqrt(numel(x)): 0-dim, or on a flat buffer one value per parameter (to be spread over
+    the elements with `segment_broadcast` once the per-parameter numbers are done)."""
+    if SEGMENT_IDS not in s:
+        return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+    return (segment_sums(x * x, s) / segment_sizes(x, s)).sqrt()
 
 
 def clip_by_rms(threshold: float) -> Transform:
     """u <- u / max(1, RMS(u) / threshold): Adafactor's update clipping (threshold d)."""
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        return u / (_rms(u) / c[0]).clamp(min=1.0)
+        return u / segment_broadcast((_rms(u, s) / c[0]).clamp(min=1.0), u, s)
 
-    return kernel_transform(kernel, lambda t: (threshold,))
+    return kernel_transform(kernel, lambda t: (threshold,), segmented=True)
 
 
 def relative_step_size(lr: float, eps2: float) -> Transform:
@@ -77,9 +82,9 @@ def relative_step_size(lr: float, eps2: float) -> Transform:
         return (eps2, min(lr, 1 / t**0.5))
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        return u * (_rms(p).clamp(min=c[0]) * c[1]).to(u.dtype)
+        return u * segment_broadcast((_rms(p, s).clamp(min=c[0]) * c[1]).to(u.dtype), u, s)
 
-    return kernel_transform(kernel, coefficients)
+    return kernel_transform(kernel, coefficients, segmented=True)
 
 
 def descend(writes: bool = True) -> Transform:
