@@ -11,11 +11,19 @@ import pytest
 import torch
 
 import gradwise as gw
-from gradwise.core.compiled import ALIGN
+from gradwise.core.compiled import ALIGN, FlatLayout
 from gradwise.core.segments import (
+    COLUMN_FACTOR,
+    FACTOR_COLUMNS,
+    FACTOR_GATHERS,
+    FACTOR_ROWS,
+    FULL_FACTOR,
+    ROW_FACTOR,
     ROW_IDS,
     SEGMENT_IDS,
     SEGMENT_VALID,
+    factor_layout,
+    factor_shapes,
     row_layout,
     row_sums,
     rows_to_elements,
@@ -227,3 +235,77 @@ def test_projection_with_rows_per_block_runs_flat_and_matches_eager(shapes, bloc
                                  compile="eager", rtol=1e-12)
     (layout,) = opt._compiled.layouts.values()
     assert layout.param.numel() // layout.segments(rows=True)[ROW_IDS].shape[0] == block  # rows counted per block
+
+
+def _aligned(shapes, align=ALIGN):
+    offsets, total = [], 0
+    for shape in shapes:
+        offsets.append(total)
+        total += -(-torch.Size(shape).numel() // align) * align
+    return offsets, total
+
+
+@pytest.mark.parametrize("shapes", [[(2, 3, 32), (5,), (), (16, 16), (48,), (1, 64)],  # blocks of 16
+                                    [(6, 5), (7,), (3, 4, 5), (), (1, 4)]])  # rows of 5: blocks of one element
+def test_factor_layout_sums_rows_and_columns_of_each_parameter(shapes):
+    """Rows (FACTOR_ROWS, one index per block) and column blocks (FACTOR_GATHERS) of a flat buffer give each
+    matrix's sums over its last and second-to-last dimension, and each vector's elements, at the places the
+    layout hands its state; every block of a parameter is gathered exactly once."""
+    shapes = [torch.Size(s) for s in shapes]
+    offsets, total = _aligned(shapes)
+    layout, row_count, width, places = factor_layout(shapes, offsets, total, torch.device("cpu"), ALIGN)
+    flat = torch.zeros(total, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    params = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    for p, off in zip(params, offsets, strict=True):
+        flat[off : off + p.numel()] = p.reshape(-1)
+    blocks = flat.view(layout[FACTOR_ROWS].shape[0], -1)
+    block = blocks.shape[1]
+    assert (block > 1) == (shapes[0][-1] % ALIGN == 0)
+    rows = torch.zeros(row_count, dtype=torch.float64).index_add_(0, layout[FACTOR_ROWS], blocks.sum(1))
+    columns = torch.cat([blocks[sources].sum(1) for sources in layout[FACTOR_GATHERS]]).reshape(-1)
+    assert columns.numel() == width
+    gathered = torch.cat([sources.reshape(-1) for sources in layout[FACTOR_GATHERS]])
+    assert torch.equal(gathered.sort().values, torch.arange(blocks.shape[0]))  # each block once
+    assert float(rows[-1]) == pytest.approx(float(sum(p.sum() for p in params if p.dim() < 2)))  # the rest
+    for p, shape, place in zip(params, shapes, places, strict=True):
+        for key, state_shape in factor_shapes(shape).items():
+            region = slice(place[key], place[key] + torch.Size(state_shape).numel())
+            if key == ROW_FACTOR:
+                torch.testing.assert_close(rows[region].view(state_shape), p.sum(-1, keepdim=True))
+            elif key == COLUMN_FACTOR:
+                torch.testing.assert_close(columns[region].view(state_shape), p.sum(-2, keepdim=True))
+            else:
+                assert key == FULL_FACTOR and torch.equal(columns[region].view(state_shape), p)
+    # each block's column block holds its columns: reading the column buffer back per block finds every column
+    for p, shape, off in zip(params, shapes, offsets, strict=True):
+        if len(shape) >= 2:
+            first = off // block
+            count = shape.numel() // block
+            where = layout[FACTOR_COLUMNS][first : first + count]
+            expected = p.sum(-2, keepdim=True).expand(shape).reshape(count, block)
+            torch.testing.assert_close(columns.view(-1, block)[where], expected)
+
+
+def test_flat_layout_takes_factored_state_only_when_asked_and_well_shaped():
+    params = [torch.zeros(4, 16), torch.zeros(16), torch.zeros(2, 3, 16)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    states = [{"step": torch.zeros(()), **{k: torch.zeros(s) for k, s in factor_shapes(p.shape).items()}}
+              for p in params]
+    assert FlatLayout.eligible(params, states, True) is None  # not a factored chain: not shaped like p
+    assert FlatLayout.eligible(params, states, True, factored=True) == 0.0
+    layout = FlatLayout(params, states, 0.0)
+    assert layout.state[ROW_FACTOR].numel() == 4 + 6 + 1 and layout.still_in_place()
+    states[0][ROW_FACTOR] = torch.zeros(4, 1)  # a state replaced (load_state_dict): the views are gone
+    assert not layout.still_in_place()
+    wrong = [dict(st) for st in states]
+    wrong[0][COLUMN_FACTOR] = torch.zeros(4, 1)
+    assert FlatLayout.eligible(params, wrong, True, factored=True) is None
+    missing = [dict(st) for st in states]
+    del missing[2][COLUMN_FACTOR]
+    assert FlatLayout.eligible(params, missing, True, factored=True) is None
+    empty = [torch.zeros(0, 16), torch.zeros(16)]
+    empty_states = [{"step": torch.zeros(()), **{k: torch.zeros(s) for k, s in factor_shapes(p.shape).items()}}
+                    for p in empty]
+    assert FlatLayout.eligible(empty, empty_states, True, factored=True) is None

@@ -152,7 +152,8 @@ def test_elementwise_chains_run_on_a_flat_buffer(name, option):
                     for p, st in zip(separate, states, strict=True):
                         st.update(tr.init(p))
                 if not flat_layout_holds(separate, states):
-                    pytest.skip(f"{name}'s state is not shaped like its parameters: such buckets run per parameter")
+                    pytest.skip(f"{name}'s state is not shaped like its parameters (Adafactor's factors: "
+                                "its flat path is tested in tests/optim/test_adafactor.py)")
                 flat_state.update(flat_layout_state(states))
             u_flat = torch.cat([g.reshape(-1) for g in grads])
             flat.grad = u_flat  # kernels that read p.grad (AdamP's projection) find the flat gradient

@@ -234,3 +234,52 @@ def test_compiled_vectors_run_flat_and_match_eager_and_torch(hyper):
         assert ours[i].keys() == expected[i].keys()
         assert ours[i]["variance"].shape == shape
         torch.testing.assert_close(ours[i]["variance"], expected[i]["variance"], rtol=1e-12, atol=0)
+
+
+MIXED = {
+    "unaligned": SHAPES,  # rows of 5 and 4 elements: blocks of one element
+    "aligned": [(4, 16), (7,), (2, 3, 32), (), (32, 8), (16,)],  # blocks of 8; a vector's block half padding
+}
+
+
+@pytest.mark.parametrize("shapes", list(MIXED))
+@pytest.mark.parametrize("hyper", [dict(), dict(lr=0.05, weight_decay=0.1, d=2.5, eps=(1e-20, 1e-2), beta1=0.9),
+                                   dict(lr=0.03, maximize=True, beta2_decay=-0.5)])
+def test_compiled_matrices_run_flat_with_factored_state(shapes, hyper):
+    """Matrices, 3-D tensors, vectors and scalars in one flat call (row and column factors in two buffers): the
+    numbers are eager's and, without beta1, torch's, over 40 float64 steps; state_dict keeps torch's format."""
+    shapes = MIXED[shapes]
+    flat, opt, params = _train_compiled(lambda ps: Adafactor(ps, compile="eager", **hyper), shapes, STEPS)
+    eager, ref, _ = _train_compiled(lambda ps: Adafactor(ps, **hyper), shapes, STEPS)
+    layouts = list(opt._compiled.layouts.values())
+    assert len(layouts) == 1 and layouts[0].members == params
+    assert worst_relative_difference(flat, eager) < 1e-10  # sums in another order
+    if "beta1" not in hyper:
+        theirs, _, _ = _train_compiled(lambda ps: torch.optim.Adafactor(ps, **hyper), shapes, STEPS)
+        assert worst_relative_difference(flat, theirs) < 1e-10
+    ours, expected = opt.state_dict()["state"], ref.state_dict()["state"]
+    for i in range(len(shapes)):
+        assert ours[i].keys() == expected[i].keys()
+        for key, value in expected[i].items():
+            assert ours[i][key].shape == value.shape
+            torch.testing.assert_close(ours[i][key], value, rtol=1e-10, atol=0)
+
+
+def test_compiled_flat_factored_state_dict_resumes_as_uninterrupted():
+    shapes = MIXED["aligned"]
+    whole, _, _ = _train_compiled(lambda ps: Adafactor(ps, compile="eager"), shapes, 12)
+    _, opt, params = _train_compiled(lambda ps: Adafactor(ps, compile="eager"), shapes, 6)
+    state = opt.state_dict()
+    resumed = Adafactor(params, compile="eager")
+    resumed.load_state_dict(state)
+    g = torch.Generator().manual_seed(1)
+    [torch.randn(s, generator=g, dtype=DT) for s in shapes]  # the initial values: _train_compiled's stream
+    targets = [torch.randn(s, generator=g, dtype=DT) for s in shapes]
+    for step in range(6, 12):
+        resumed.zero_grad(set_to_none=True)
+        loss = sum(((1 + i + step % 3) * torch.sin(p) * p + (p - y) ** 2).sum()
+                   for i, (p, y) in enumerate(zip(params, targets, strict=True)))
+        loss.backward()
+        resumed.step()
+    assert len(resumed._compiled.layouts) == 1
+    assert worst_relative_difference([[p.detach() for p in params]], [whole[-1]]) < 1e-10

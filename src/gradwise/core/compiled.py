@@ -21,6 +21,9 @@ Eager is the reference; this module runs the same kernels (see `Transform`) with
   State of one number per parameter (0-dim: AdaGrad-Norm's b^2, SGD-SaI's gsnr) is one column per key,
   each `state[p][key]` a 0-dim view of its row; a segmented chain reads it per element with
   `gradwise.core.segments.segment_value` (a chain that is not segmented keeps such a bucket per parameter).
+  Factored state (Adafactor's row and column factors of matrices, `segmented="factored"`) is two buffers, one
+  of every matrix's rows and one of every matrix's columns and every vector's full second moment, each state
+  entry a view of its region (`gradwise.core.segments.factor_layout`).
   When the set of parameters with a gradient changes, the buffers are gathered again (the old ones live on
   while a parameter still views them); step counts that drift apart send the bucket to the next path.
   `state_dict` still hands out one tensor per parameter in torch's format. Every step checks, by identity
@@ -60,8 +63,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .segments import (
+    COLUMN_FACTOR,
+    FACTOR_KEYS,
+    FACTOR_STATE_KEYS,
+    ROW_FACTOR,
+    ROW_KEYS,
+    factor_layout,
+    factor_shapes,
+    row_layout,
+    segment_layout,
+)
 from .segments import KEYS as SEGMENT_KEYS
-from .segments import ROW_KEYS, row_layout, segment_layout
 
 BACKENDS = ("inductor", "aot_eager", "eager")
 COMPILE_CHOICES = (False, True, *BACKENDS)
@@ -424,14 +437,20 @@ class FlatLayout(_BucketViews):
         for n in sizes:
             offsets.append(total)
             total += -(-n // ALIGN) * ALIGN
-        keys = [k for k in states[0] if k != "step"]
+        # factored state (gradwise.core.segments.factor_layout): when some member keeps a row factor, the
+        # factor keys of every member live in a row buffer and a column buffer, not per element
+        factored = any(ROW_FACTOR in st for st in states)
+        keys = [k for k in states[0] if k != "step" and not (factored and k in FACTOR_STATE_KEYS)]
         # a key of 0-dim state where some parameter is not 0-dim: one number per parameter (see eligible)
-        self.scalar_keys = frozenset(_scalar_keys(members, states))
+        self.scalar_keys = frozenset(k for k in _scalar_keys(members, states) if k in keys)
         self.members = members
         self.offsets = offsets
         self.sizes = sizes
         self._segments: dict[str, Tensor] | None = None
         self._rows: dict[str, Tensor] | None = None
+        self._factors: dict[str, Tensor] = {}
+        self.factor_views: dict[str, tuple[list[dict], list[Tensor]]] = {}  # key -> the states holding it, views
+        self.factor_places: list[tuple[dict, str, str, int, tuple[int, ...]]] = []  # (state, key, buffer, start)
         self.states = states
         self.t = t
         self.param = torch.zeros(total, dtype=dtype, device=device)
@@ -462,34 +481,82 @@ class FlatLayout(_BucketViews):
                 self.views[k].append(sv)
             st["step"] = self.steps[i]
             self.views["step"].append(st["step"])
+        if factored:
+            self._lay_out_factors(dtype, device)
         self.ptrs = [p.data_ptr() for p in members]
 
-    def segments(self, rows: bool) -> dict[str, Tensor]:
+    def _lay_out_factors(self, dtype: torch.dtype, device: torch.device) -> None:
+        """The row and column buffers of factored state, each member's factor keys re-pointed to views."""
+        shapes = [p.shape for p in self.members]
+        self._factors, row_count, width, places = factor_layout(shapes, self.offsets, self.param.numel(), device,
+                                                                ALIGN)
+        self.state[ROW_FACTOR] = torch.zeros(row_count, dtype=dtype, device=device)
+        self.state[COLUMN_FACTOR] = torch.zeros(width, dtype=dtype, device=device)
+        for p, st, starts in zip(self.members, self.states, places, strict=True):
+            for k, shape in factor_shapes(p.shape).items():
+                buffer = ROW_FACTOR if k == ROW_FACTOR else COLUMN_FACTOR
+                view = self.state[buffer][starts[k] : starts[k] + math.prod(shape)].view(shape)
+                view.copy_(st[k])
+                st[k] = view
+                self.factor_places.append((st, k, buffer, starts[k], shape))
+                held, views = self.factor_views.setdefault(k, ([], []))
+                held.append(st)
+                views.append(view)
+
+    def views_in_place(self) -> bool:
+        """`_BucketViews.views_in_place`, and each member's factored state still the view of its region."""
+        if not super().views_in_place():
+            return False
+        try:
+            return all(all(map(operator.is_, map(operator.itemgetter(k), held), views))
+                       for k, (held, views) in self.factor_views.items())
+        except KeyError:
+            return False
+
+    def segments(self, rows: bool, factored: bool = False) -> dict[str, Tensor]:
         """The per-block parameter index and per-parameter sizes that `gradwise.core.segments` reduces by,
         with the rows of parameters of two or more dimensions if `rows` (built on first use: only chains with
         a segmented transform need them)."""
         total, device = self.param.numel(), self.param.device
         if self._segments is None:
             self._segments = segment_layout(self.sizes, self.offsets, total, device, ALIGN)
+        factors = self._factors if factored else {}
         if not rows:
-            return {k: v for k, v in self._segments.items() if k not in ROW_KEYS}
+            return {**{k: v for k, v in self._segments.items() if k not in ROW_KEYS}, **factors}
         if self._rows is None:
             self._rows = row_layout([p.shape for p in self.members], self.offsets, total, device, ALIGN)
-        return {**self._segments, **self._rows}
+        return {**self._segments, **self._rows, **factors}
 
     def keep_new_state(self, buffers: dict[str, Tensor]) -> None:
         """Hand the tensors a kernel put in the flat state dict to each parameter's state, as views."""
+        for st, k, buffer, start, shape in self.factor_places:
+            if buffers.get(buffer) is not self.state[buffer]:
+                st[k] = self.state[buffer][start : start + math.prod(shape)].view(shape)
         for k, flat in self.state.items():
-            if buffers.get(k) is flat:
+            if buffers.get(k) is flat or any(place[2] == k for place in self.factor_places):
                 continue
             for i, (p, st, off) in enumerate(zip(self.members, self.states, self.offsets, strict=True)):
                 st[k] = flat[i, 0] if k in self.scalar_keys else flat[off : off + p.numel()].view(p.shape)
 
     @staticmethod
-    def eligible(members: list[Tensor], states: list[dict], scalars: bool = False) -> float | None:
+    def eligible(members: list[Tensor], states: list[dict], scalars: bool = False,
+                 factored: bool = False) -> float | None:
         """The common step count if the bucket can be laid out flat, else None. Each state tensor must be
         shaped like its parameter, or, if `scalars` (the chain reads such state through segment_value), be
-        0-dim for every parameter: one number per parameter."""
+        0-dim for every parameter: one number per parameter. If `factored` (the chain keeps factored state,
+        gradwise.core.segments.factor_layout) and some member keeps a row factor, the factor keys of each
+        member must be those of `factor_shapes` for its non-empty parameter; the other keys as above."""
+        factored = factored and any(ROW_FACTOR in st for st in states)
+        if factored:
+            for p, st in zip(members, states, strict=True):
+                expected = factor_shapes(p.shape)
+                own = {k: v for k, v in st.items() if k in FACTOR_STATE_KEYS}
+                if p.numel() == 0 or own.keys() != expected.keys():
+                    return None
+                if any(not isinstance(v, Tensor) or tuple(v.shape) != expected[k] or v.device != p.device
+                       or v.dtype != p.dtype for k, v in own.items()):
+                    return None
+            states = [{k: v for k, v in st.items() if k not in FACTOR_STATE_KEYS} for st in states]
         scalar = set(_scalar_keys(members, states))
         if scalar and not scalars:
             return None
@@ -808,7 +875,8 @@ class CompiledStep:
                 if "step" not in st:
                     self.optimizer._init_state(p, st, chain)
                 states.append(st)
-            t = FlatLayout.eligible(members, states, any(tr.segmented for tr in chain))
+            t = FlatLayout.eligible(members, states, any(tr.segmented for tr in chain),
+                                    any(tr.segmented == "factored" for tr in chain))
             if t is None:
                 return False
             layout = FlatLayout(members, states, t)
@@ -832,11 +900,12 @@ class CompiledStep:
             return False
         buffers = dict(layout.state)
         rows = any(tr.segmented == "rows" for tr in chain)
-        s = {**layout.state, **layout.segments(rows)} if segmented else layout.state
+        factored = any(tr.segmented == "factored" for tr in chain)
+        s = {**layout.state, **layout.segments(rows, factored)} if segmented else layout.state
         if not self._call(fkey, gi, fn, (layout.grad, layout.param, s, *packed(values), layout.steps)):
             return False
         if segmented:
-            for k in (*SEGMENT_KEYS, *ROW_KEYS):
+            for k in (*SEGMENT_KEYS, *ROW_KEYS, *FACTOR_KEYS):
                 s.pop(k, None)
             layout.state = s
         if len(layout.state) != len(buffers) or any(layout.state.get(k) is not v for k, v in buffers.items()):

@@ -220,3 +220,116 @@ def rows_to_params(per_row: Tensor, s: dict[str, Any], reduce: str) -> Tensor:
 def params_to_elements(per_param: Tensor, x: Tensor, s: dict[str, Any]) -> Tensor:
     """Each element's value of its parameter, from one value per parameter (SEGMENT_IDS' numbering)."""
     return _per_element(per_param, x, s)
+
+
+# -- factors: a second moment kept per row and per column of each parameter of two or more dimensions ----------
+# (Adafactor's R and C, gradwise.transforms.factored). A parameter of shape (..., R, C) keeps ROW_FACTOR of shape
+# (..., R, 1) and COLUMN_FACTOR of shape (..., 1, C); one of fewer dimensions keeps FULL_FACTOR, shaped like
+# it. On a flat buffer (see factor_layout) the state dict holds two buffers under ROW_FACTOR and COLUMN_FACTOR:
+# every matrix's rows, then an extra row (always 0: the row of the blocks outside the matrices), and every
+# matrix's columns and every vector's FULL_FACTOR (a vector is read as one row whose columns are its elements),
+# each region padded to whole blocks. Each parameter's state entries are views of their regions.
+ROW_FACTOR, COLUMN_FACTOR, FULL_FACTOR = "row_var", "col_var", "variance"
+FACTOR_STATE_KEYS = frozenset({ROW_FACTOR, COLUMN_FACTOR, FULL_FACTOR})
+FACTOR_ROWS = "_factor_rows"  # per block: its row (blocks outside the matrices: the extra row, the last)
+FACTOR_ROW_LENGTHS = "_factor_row_lengths"  # per row: its length, C (the extra row: 0)
+FACTOR_ROW_BATCHES = "_factor_row_batches"  # per row: its matrix, one per index of the leading dimensions
+FACTOR_BATCH_ROWS = "_factor_batch_rows"  # per matrix: R (and an extra matrix, of no rows: 0)
+FACTOR_COLUMNS = "_factor_columns"  # per block: its block of the column buffer viewed as (-1, block)
+FACTOR_COLUMN_BATCHES = "_factor_column_batches"  # per column block: its matrix (vectors: the extra one)
+FACTOR_GATHERS = "_factor_gathers"  # a tuple, per number of rows R: (column blocks, R) the blocks adding to each
+FACTOR_KEYS = (FACTOR_ROWS, FACTOR_ROW_LENGTHS, FACTOR_ROW_BATCHES, FACTOR_BATCH_ROWS, FACTOR_COLUMNS,
+               FACTOR_COLUMN_BATCHES, FACTOR_GATHERS)
+
+
+def factor_shapes(shape: torch.Size) -> dict[str, tuple[int, ...]]:
+    """The factored state of a parameter of `shape`: its keys and their shapes."""
+    if len(shape) < 2:
+        return {FULL_FACTOR: tuple(shape)}
+    return {ROW_FACTOR: (*shape[:-1], 1), COLUMN_FACTOR: (*shape[:-2], 1, shape[-1])}
+
+
+def _column_sources(shape: torch.Size, first: int, block: int) -> Tensor:
+    """Per column block of a parameter whose blocks start at `first`: the blocks adding to it, (blocks, R)."""
+    if len(shape) < 2:
+        return torch.arange(first, first + -(-shape.numel() // block))[:, None]
+    r, per_row = shape[-2], shape[-1] // block
+    b = shape.numel() // (r * shape[-1])
+    rows = torch.arange(b)[:, None, None] * r + torch.arange(r)[None, None, :]
+    return (first + rows * per_row + torch.arange(per_row)[None, :, None]).reshape(-1, r)
+
+
+def factor_layout(shapes: list[torch.Size], offsets: list[int], total: int, device: torch.device, block: int = 16
+                  ) -> tuple[dict[str, Any], int, int, list[dict[str, int]]]:
+    """The FACTOR_* tensors of parameters of `shapes` at `offsets` in a flat buffer of `total` elements (each
+    parameter non-empty), the lengths of the row and column buffers, and per parameter the start of each of
+    its factored state entries in its buffer (ROW_FACTOR and COLUMN_FACTOR in theirs; FULL_FACTOR in the
+    column buffer). Blocks are the largest multiple of `block` (up to MAX_BLOCK) that divides the total, every
+    offset and every matrix's row length C, else of one element: each block then lies in one row of one
+    matrix, and its columns are consecutive. The column buffer holds the parameters grouped by their number
+    of rows R (vectors: 1), so that each group's column sums are one gathered reduction over R (FACTOR_GATHERS),
+    not a scatter of every element (slow in inductor's CPU code)."""
+    matrices = [shape for shape in shapes if len(shape) >= 2]
+    block = _largest_block(math.gcd(total, *offsets, *(shape[-1] for shape in matrices)), block)
+    blocks = total // block
+    rows_of = torch.full((blocks,), -1, dtype=torch.int64)  # -1: outside every matrix, set below
+    row_lengths: list[int] = []
+    row_batches: list[int] = []
+    batch_rows: list[int] = []
+    batch_of: list[int] = []  # per parameter: its first matrix (vectors: -1)
+    rows = batches = 0
+    for shape, off in zip(shapes, offsets, strict=True):
+        batch_of.append(batches if len(shape) >= 2 else -1)
+        if len(shape) < 2:
+            continue
+        n, r, c = shape.numel(), shape[-2], shape[-1]
+        b = n // (r * c)
+        rows_of[off // block : (off + n) // block] = rows + torch.arange(n // block) * block // c
+        row_lengths += [c] * (b * r)
+        row_batches += [batches + i // r for i in range(b * r)]
+        batch_rows += [r] * b
+        rows, batches = rows + b * r, batches + b
+    rows_of[rows_of < 0] = rows
+    sources = [_column_sources(shape, off // block, block) for shape, off in zip(shapes, offsets, strict=True)]
+    covered = torch.zeros(blocks, dtype=torch.bool)
+    for src in sources:
+        covered[src.reshape(-1)] = True
+    padding = torch.nonzero(~covered).reshape(-1, 1)  # blocks of padding only: a column block each, never read
+    groups: dict[int, list[int]] = {}  # R -> the parameters (len(shapes): the padding) in column buffer order
+    for i, src in enumerate([*sources, padding]):
+        if src.numel():
+            groups.setdefault(src.shape[1], []).append(i)
+    columns_of = torch.empty(blocks, dtype=torch.int64)
+    column_batches: list[Tensor] = []
+    gathers: list[Tensor] = []
+    places: list[dict[str, int]] = [{} for _ in shapes]
+    width = 0  # column blocks so far
+    for r in sorted(groups):
+        gathers.append(torch.cat([([*sources, padding])[i] for i in groups[r]]))
+        for i in groups[r]:
+            src = sources[i] if i < len(shapes) else padding
+            columns_of[src] = (width + torch.arange(src.shape[0]))[:, None].expand_as(src)
+            if i < len(shapes):
+                places[i] = {COLUMN_FACTOR if len(shapes[i]) >= 2 else FULL_FACTOR: width * block}
+            if i < len(shapes) and batch_of[i] >= 0:
+                c = shapes[i][-1]
+                column_batches.append(batch_of[i] + torch.arange(src.shape[0]) * block // c)
+            else:
+                column_batches.append(torch.full((src.shape[0],), batches, dtype=torch.int64))
+            width += src.shape[0]
+    first_row = 0
+    for i, shape in enumerate(shapes):
+        if len(shape) >= 2:
+            places[i][ROW_FACTOR] = first_row
+            first_row += shape.numel() // shape[-1]
+    layout: dict[str, Any] = {
+        FACTOR_ROWS: rows_of,
+        FACTOR_ROW_LENGTHS: torch.tensor([*row_lengths, 0], dtype=torch.float64),
+        FACTOR_ROW_BATCHES: torch.tensor([*row_batches, batches], dtype=torch.int64),
+        FACTOR_BATCH_ROWS: torch.tensor([*batch_rows, 0], dtype=torch.float64),
+        FACTOR_COLUMNS: columns_of,
+        FACTOR_COLUMN_BATCHES: torch.cat(column_batches),
+    }
+    layout = {k: v.to(device) for k, v in layout.items()}
+    layout[FACTOR_GATHERS] = tuple(g.to(device) for g in gathers)
+    return layout, rows + 1, width * block, places

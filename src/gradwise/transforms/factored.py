@@ -9,17 +9,27 @@ import torch
 from torch import Tensor
 
 from ..core import Transform, kernel_transform
-from ..core.segments import SEGMENT_IDS, segment_broadcast, segment_sizes, segment_sums
+from ..core.segments import (
+    COLUMN_FACTOR,
+    FACTOR_BATCH_ROWS,
+    FACTOR_COLUMN_BATCHES,
+    FACTOR_COLUMNS,
+    FACTOR_GATHERS,
+    FACTOR_ROW_BATCHES,
+    FACTOR_ROW_LENGTHS,
+    FACTOR_ROWS,
+    ROW_FACTOR,
+    SEGMENT_IDS,
+    _stored,
+    factor_shapes,
+    segment_broadcast,
+    segment_sizes,
+    segment_sums,
+)
 
 
 def _factored_state(p: Tensor) -> dict[str, Tensor]:
-    if p.dim() > 1:
-        rows = list(p.shape)
-        rows[-1] = 1
-        cols = list(p.shape)
-        cols[-2] = 1
-        return {"row_var": p.new_zeros(rows), "col_var": p.new_zeros(cols)}
-    return {"variance": torch.zeros_like(p, memory_format=torch.preserve_format)}
+    return {k: p.new_zeros(shape) for k, shape in factor_shapes(p.shape).items()}
 
 
 def factored_second_moment(decay: float, eps1: float | None) -> Transform:
@@ -43,6 +53,8 @@ def factored_second_moment(decay: float, eps1: float | None) -> Transform:
         if machine_eps:
             floor = torch.finfo(p.dtype).eps
             floor_sq = floor * floor
+        if FACTOR_ROWS in s:  # the compiled flat path, with matrices in the bucket
+            return _flat_factored(u, s, weight, floor).clamp_(min=floor_sq).rsqrt_().mul_(u)
         if u.dim() > 1:
             row, col = s["row_var"], s["col_var"]
             # mean of u^2 along one dimension, as a squared norm: no u^2 of the full size is formed
@@ -54,7 +66,36 @@ def factored_second_moment(decay: float, eps1: float | None) -> Transform:
             estimate = s["variance"].clone()
         return estimate.clamp_(min=floor_sq).rsqrt_().mul_(u)
 
-    return kernel_transform(kernel, coefficients, _factored_state, segmented=True)
+    return kernel_transform(kernel, coefficients, _factored_state, segmented="factored")
+
+
+def _flat_factored(u: Tensor, s: dict, weight: Tensor, floor: Tensor | float) -> Tensor:
+    """`factored_second_moment`'s update of R and C and its estimate V_hat on a flat buffer laid out by
+    gradwise.core.segments.factor_layout: sums of u^2 per block added by index into the rows, and per column
+    block the sum of its R blocks (gathered: no scatter per element). A vector is a single row of factor 1
+    whose columns are its elements, with no division by a mean: its estimate is its full second moment."""
+    rows_of, columns_of = s[FACTOR_ROWS], s[FACTOR_COLUMNS]
+    square = (u * u).view(rows_of.shape[0], -1)
+    row, columns = s[ROW_FACTOR], s[COLUMN_FACTOR].view(-1, square.shape[1])
+    lengths = s[FACTOR_ROW_LENGTHS].to(u.dtype)
+    in_matrix = lengths > 0
+    row_sums = torch.zeros_like(row).index_add_(0, rows_of, square.sum(1))
+    # the new factors are stored and written back, and what the elements read is computed per row, block or
+    # column block and stored (_stored): inductor otherwise recomputes them, with their gathers, per element
+    new_row = _stored(torch.lerp(row, torch.where(in_matrix, row_sums / lengths.clamp(min=1), 0.0), weight))
+    row.copy_(new_row)
+    # per group of parameters with R rows: each column block's R source blocks, gathered, stored (summed in
+    # place of the gather, inductor's loop would run over the rows innermost, an element per row) and summed
+    column_sums = torch.cat([_stored(square[sources]).sum(1) / sources.shape[1] for sources in s[FACTOR_GATHERS]])
+    new_columns = _stored(torch.lerp(columns, column_sums, weight))
+    columns.copy_(new_columns)
+    counts = s[FACTOR_BATCH_ROWS].to(u.dtype)
+    means = torch.zeros_like(counts).index_add_(0, s[FACTOR_ROW_BATCHES], new_row) / counts.clamp(min=1)
+    divisors = torch.where(counts > 0, means.clamp(min=floor), 1.0)[s[FACTOR_COLUMN_BATCHES]]
+    row_factors = _stored(torch.where(in_matrix, new_row, 1.0)[rows_of])
+    block_divisors = _stored(divisors[columns_of])
+    estimate = row_factors[:, None] * new_columns[columns_of] / block_divisors[:, None]
+    return estimate.view(u.shape)
 
 
 def _rms(x: Tensor, s: dict) -> Tensor:
