@@ -299,6 +299,10 @@ def test_flat_layout_takes_factored_state_only_when_asked_and_well_shaped():
     assert layout.state[ROW_FACTOR].numel() == 4 + 6 + 1 and layout.still_in_place()
     states[0][ROW_FACTOR] = torch.zeros(4, 1)  # a state replaced (load_state_dict): the views are gone
     assert not layout.still_in_place()
+    odd = [torch.zeros(4, 12), torch.zeros(16)]  # rows of 12: blocks of single elements, refused
+    odd_states = [{"step": torch.zeros(()), **{k: torch.zeros(s) for k, s in factor_shapes(p.shape).items()}}
+                  for p in odd]
+    assert FlatLayout.eligible(odd, odd_states, True, factored=True) is None
     wrong = [dict(st) for st in states]
     wrong[0][COLUMN_FACTOR] = torch.zeros(4, 1)
     assert FlatLayout.eligible(params, wrong, True, factored=True) is None

@@ -545,13 +545,15 @@ class FlatLayout(_BucketViews):
         shaped like its parameter, or, if `scalars` (the chain reads such state through segment_value), be
         0-dim for every parameter: one number per parameter. If `factored` (the chain keeps factored state,
         gradwise.core.segments.factor_layout) and some member keeps a row factor, the factor keys of each
-        member must be those of `factor_shapes` for its non-empty parameter; the other keys as above."""
+        member must be those of `factor_shapes` for its non-empty parameter, and each matrix's rows a multiple
+        of ALIGN long (else the layout's blocks would be single elements: an index per element, four times
+        the parameter's memory, and a gather per element); the other keys as above."""
         factored = factored and any(ROW_FACTOR in st for st in states)
         if factored:
             for p, st in zip(members, states, strict=True):
                 expected = factor_shapes(p.shape)
                 own = {k: v for k, v in st.items() if k in FACTOR_STATE_KEYS}
-                if p.numel() == 0 or own.keys() != expected.keys():
+                if p.numel() == 0 or own.keys() != expected.keys() or (p.dim() >= 2 and p.shape[-1] % ALIGN):
                     return None
                 if any(not isinstance(v, Tensor) or tuple(v.shape) != expected[k] or v.device != p.device
                        or v.dtype != p.dtype for k, v in own.items()):
