@@ -24,12 +24,7 @@ STD = torch.tensor([1.0, 0.5], dtype=torch.float64)
 CURVATURE = 1.0 / STD**2  # h: the Hessian of U(x) = sum (x - MEAN)^2 / (2 STD^2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run(opt, x, steps, grad=None):

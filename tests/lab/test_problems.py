@@ -23,12 +23,7 @@ def short(name: str):
     return dataclasses.replace(prob, steps=steps, eval_every=min(prob.eval_every, 20))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("name", list(PROBLEMS))

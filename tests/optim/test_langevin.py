@@ -14,13 +14,7 @@ from gradwise.sampling.collect import SampleCollector, gaussian_neg_log_prior, n
 SEED = 1234
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # these tests take thousands of tiny steps: threads only add overhead
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- oracles: the papers' update rules, with the same noise stream ------------------------------------

@@ -1,11 +1,6 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The test-bed tensors are tiny: one intra-op thread avoids thread contention on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """The test-bed tensors are tiny: every test here runs on one intra-op thread (`one_thread`, tests/conftest.py)."""

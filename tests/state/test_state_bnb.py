@@ -152,15 +152,6 @@ def test_with_gradwise_map_bnb_reads_gradwise_codes_and_never_rounds_nearer(sign
     assert (err_ours <= err_theirs + 1e-6).all()
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and keeps the test fast on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def float_state(state: dict, key: str, signed: bool) -> torch.Tensor:
     if key + "_absmax" in state:
         return dequantize(state[key], state[key + "_absmax"], BNB_CPU_BLOCK, signed)
