@@ -52,6 +52,20 @@ def steps(opt, params, ks, set_to_none=False, poison=None):
         opt.step()
 
 
+def skipped_then_matches(opt, ref, params, eager, poison, resume):
+    """Step 3 with `poison` applied to both optimizers' gradients: both skip it and the compiled one changes
+    nothing; then the steps in `resume` keep them together."""
+    before = snapshot(opt, params)
+    steps(opt, params, [3], poison=poison)
+    steps(ref, eager, [3], poison=poison)
+    assert opt.skipped_steps == ref.skipped_steps == 1
+    assert same(snapshot(opt, params), before)
+    steps(opt, params, resume)
+    steps(ref, eager, resume)
+    for p, q in zip(params, eager, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 @pytest.mark.parametrize("in_place", [True, False])
 def test_a_nonfinite_gradient_in_the_flat_buffer_skips_the_whole_step(bad, in_place):
@@ -66,15 +80,8 @@ def test_a_nonfinite_gradient_in_the_flat_buffer_skips_the_whole_step(bad, in_pl
         else:  # a new gradient tensor (copied into the flat buffer by the step)
             ps[1].grad = ps[1].grad.clone().index_fill_(0, torch.tensor([2]), bad)
 
-    before = snapshot(opt, params)
-    steps(opt, params, [3], poison=poison)
-    steps(ref, eager, [3], poison=poison)
-    assert opt.skipped_steps == ref.skipped_steps == 1
-    assert same(snapshot(opt, params), before)
-    steps(opt, params, range(4, 7))
-    steps(ref, eager, range(4, 7))
+    skipped_then_matches(opt, ref, params, eager, poison, range(4, 7))
     for p, q in zip(params, eager, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
         assert float(opt.state[p]["step"]) == float(ref.state[q]["step"]) == 6
 
 
@@ -306,15 +313,7 @@ def test_the_streamed_sum_finds_every_nonfinite_gradient(streamed, bad):
     steps(opt, params, range(3))
     steps(ref, eager, range(3))
     assert list(streamed._streamed) == [("eager", torch.float32, 48)]  # the buffer took the streams
-    before = snapshot(opt, params)
-    steps(opt, params, [3], poison=POISONS[bad])
-    steps(ref, eager, [3], poison=POISONS[bad])
-    assert opt.skipped_steps == ref.skipped_steps == 1
-    assert same(snapshot(opt, params), before)
-    steps(opt, params, range(4, 6))
-    steps(ref, eager, range(4, 6))
-    for p, q in zip(params, eager, strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    skipped_then_matches(opt, ref, params, eager, POISONS[bad], range(4, 6))
 
 
 @pytest.mark.parametrize("where", ["across streams", "within a stream"])
