@@ -223,3 +223,22 @@ def test_inductor_flat_8_bit_step_is_the_eager_step_up_to_rare_one_step_codes(na
             for p, q in zip(eager_params, flat_params, strict=True):
                 p.copy_(q)
     assert len(layouts(flat)) == 1
+
+
+def test_invalidate_drops_the_8_bit_layouts_too_and_the_next_step_gathers_again():
+    # CompiledStep.invalidate (load_state_dict, state growth) must forget this path's layouts as well as the
+    # 32-bit ones: a kept layout would still view the state dicts it was built from
+    eager_params, flat_params = parameters(), parameters()
+    eager, flat = make("adamw", eager_params), make("adamw", flat_params, compile="eager")
+    run(eager, eager_params, 2)
+    run(flat, flat_params, 2)
+    before = layouts(flat)
+    assert before
+    flat._compiled.invalidate()
+    assert layouts(flat) == []
+    run(eager, eager_params, 2, start=2)
+    run(flat, flat_params, 2, start=2)
+    after = layouts(flat)
+    assert after and not any(a is b for a in after for b in before)
+    assert_same_state(eager, flat)
+    assert_same_params(eager_params, flat_params)

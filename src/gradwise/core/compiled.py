@@ -666,8 +666,12 @@ class CompiledStep:
         self._last: _Fingerprint | None = None
 
     def invalidate(self) -> None:
-        """Forget every flat layout (after load_state_dict): the next step gathers the buffers again."""
+        """Forget every flat layout, the 8-bit path's too (after load_state_dict, or when state grows): the next
+        step gathers the buffers again."""
         self.layouts.clear()
+        quantized = getattr(self, "_gradwise_quantized", None)  # gradwise.core.compiled_state's, once used
+        if quantized is not None:
+            quantized.layouts.clear()
         self._plan = None
         self._last = None
 
