@@ -267,10 +267,11 @@ def _chain_function(kernels: tuple[Callable, ...], maximize: bool) -> Callable:
 
 def _packed_chain_function(kernels: tuple[Callable, ...], maximize: bool,
                            where: tuple[tuple[tuple[int, int], ...], ...]) -> Callable:
-    """`_chain_function` for coefficients packed by `pack`: each transform's tuple is rebuilt inside the graph
-    (indexing the numbers tensor gives the same 0-dim tensors a filled slot would). The bucket's step counts
-    are counted inside the graph too: an eager add_ right after the compiled call cost 20-30 us (1000 x 1k),
-    against 3 us on its own, the kernel having pushed the dispatcher's code and data out of the caches."""
+    """`_chain_function` for coefficients packed by `PackedCoefficients`: each transform's tuple is rebuilt
+    inside the graph (indexing the numbers tensor gives the same 0-dim tensors a filled slot would). The
+    bucket's step counts are counted inside the graph too: an eager add_ right after the compiled call cost
+    20-30 us (1000 x 1k), against 3 us on its own, the kernel having pushed the dispatcher's code and data out
+    of the caches."""
 
     def run_chain_packed(g: Tensor, p: Tensor, s: dict, numbers: Tensor, flags: Tensor, tensors: tuple,
                          steps: Tensor) -> None:
@@ -385,7 +386,7 @@ class _BucketViews:
     states: list[dict]
     views: dict[str, list[Tensor]]
     grads: list[Tensor]
-    _view_check: list[tuple[Callable[[dict], Any], list[Tensor]]]  # built on first use by views_in_place
+    _view_check: list[tuple[Callable[[dict], Any], list[dict], list[Tensor]]]  # built on first use by views_in_place
 
     def matches(self, members: list[Tensor], state: dict) -> bool:
         """Whether `members` are this layout's parameters, still views of its buffers, with its state."""
@@ -399,15 +400,19 @@ class _BucketViews:
         )
 
     def views_in_place(self) -> bool:
-        """Whether each member's state dict still holds its views under every key: per key, one map() of an
-        itemgetter over the state dicts compared by identity (a KeyError: a key was removed)."""
+        """Whether each state dict still holds its views under every key: per key, one map() of an itemgetter
+        over the state dicts that hold it, compared by identity (a KeyError: a key was removed)."""
         check = self.__dict__.get("_view_check")
         if check is None:
-            check = self._view_check = [(operator.itemgetter(k), views) for k, views in self.views.items()]
+            check = self._view_check = [(operator.itemgetter(k), held, views) for k, held, views in self.held_views()]
         try:
-            return all(all(map(operator.is_, map(get, self.states), views)) for get, views in check)
+            return all(all(map(operator.is_, map(get, held), views)) for get, held, views in check)
         except KeyError:
             return False
+
+    def held_views(self) -> list[tuple[str, list[dict], list[Tensor]]]:
+        """(key, the state dicts, their views under it): every member holds a view under each key of `views`."""
+        return [(k, self.states, views) for k, views in self.views.items()]
 
     def attach_grads(self) -> None:
         """Make each p.grad the view of the flat gradient buffer, copying the gradients that are not."""
@@ -503,15 +508,9 @@ class FlatLayout(_BucketViews):
                 held.append(st)
                 views.append(view)
 
-    def views_in_place(self) -> bool:
-        """`_BucketViews.views_in_place`, and each member's factored state still the view of its region."""
-        if not super().views_in_place():
-            return False
-        try:
-            return all(all(map(operator.is_, map(operator.itemgetter(k), held), views))
-                       for k, (held, views) in self.factor_views.items())
-        except KeyError:
-            return False
+    def held_views(self) -> list[tuple[str, list[dict], list[Tensor]]]:
+        """`_BucketViews.held_views`, and the factored state: each factor key held by the members that keep it."""
+        return [*super().held_views(), *((k, held, views) for k, (held, views) in self.factor_views.items())]
 
     def segments(self, rows: bool, factored: bool = False) -> dict[str, Tensor]:
         """The per-block parameter index and per-parameter sizes that `gradwise.core.segments` reduces by,
@@ -752,10 +751,10 @@ class CompiledStep:
         if self._plan is None or self._plan[0] is not work:
             self.begin(work)
         assert self._plan is not None  # begin sets it
-        last = self._last
         backend = self.backend
-        if last is not None and last.plan is self._plan[1]:  # the fingerprint's plan is complete
-            sums = [_buffer_sum(g, backend) for g in last.buffers]
+        buffers = self.flat_gradients(work)
+        if buffers is not None:
+            sums = [_buffer_sum(g, backend) for g in buffers]
         else:
             sums = []  # a sum per flat gradient buffer of a laid-out bucket, per gradient of the others
             for buckets in self._plan[1].values():
@@ -783,12 +782,10 @@ class CompiledStep:
         """The flat gradient buffers that hold every gradient of `work` when each of its buckets has a layout in
         place (its gradients are then the views; the alignment padding between them is zero), else None: a
         reduction over all gradients (AdaGrad-Norm's ||G||^2) then reads a few buffers, not a tensor each."""
-        if self._plan is None or self._plan[0] is not work:
-            return None
-        layouts = [layout for buckets in self._plan[1].values() for _, layout in buckets.values()]
-        if not layouts or any(layout is None for layout in layouts):
-            return None
-        return [layout.grad for layout in layouts if layout is not None]
+        last = self._last
+        if self._plan is None or self._plan[0] is not work or last is None or last.plan is not self._plan[1]:
+            return None  # a plan is kept with the fingerprint only when every bucket has its layout
+        return last.buffers or None
 
     # step, part 2: per group, after the chain is built
     def run_group(
@@ -845,12 +842,9 @@ class CompiledStep:
         if (gi, reason) in self.warned:
             return
         self.warned.add((gi, reason))
-        frame: types.FrameType | None = sys._getframe(0)
-        level = 1
-        while frame is not None and any(part in frame.f_code.co_filename for part in _INTERNAL):
-            frame, level = frame.f_back, level + 1
         name = type(self.optimizer).__name__
-        warnings.warn(f"{name}(compile={self.backend!r}): param group {gi} runs eagerly: {reason}", stacklevel=level)
+        warnings.warn(f"{name}(compile={self.backend!r}): param group {gi} runs eagerly: {reason}",
+                      stacklevel=_user_level())
 
     def _function(self, key: tuple, make: Callable[[], Callable], dynamic: bool | None,
                   options: dict[str, str | int | bool | Callable] | None = None) -> Callable | None:
