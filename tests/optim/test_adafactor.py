@@ -286,3 +286,15 @@ def test_compiled_flat_factored_state_dict_resumes_as_uninterrupted():
         resumed.step()
     assert len(resumed._compiled.layouts) == 1
     assert worst_relative_difference([[p.detach() for p in params]], [whole[-1]]) < 1e-10
+
+
+@pytest.mark.filterwarnings("ignore:.*0-dim float64")
+def test_compiled_cautious_adafactor_keeps_the_flat_path_with_factored_state():
+    """The cautious option wraps the chain in one transform, which must carry the factored tag on: the aligned
+    bucket still runs as one flat call, with eager's numbers."""
+    shapes = MIXED["aligned"]
+    flat, opt, params = _train_compiled(lambda ps: Adafactor(ps, compile="eager", cautious=True), shapes, 12)
+    eager, _, _ = _train_compiled(lambda ps: Adafactor(ps, cautious=True), shapes, 12)
+    layouts = list(opt._compiled.layouts.values())
+    assert len(layouts) == 1 and layouts[0].members == params
+    assert worst_relative_difference(flat, eager) < 1e-10

@@ -50,12 +50,12 @@ def cautious_mask(delta: Tensor, grad: Tensor, mode: bool | str, s: dict | None 
 
 def _rescaled(mask: Tensor, mode: bool | str, s: dict) -> Tensor:
     """mask (0 or 1) times numel / (sum + 1), or / max(mean, MEAN_FLOOR), per parameter."""
-    kept, size = segment_sums(mask, s), segment_sizes(mask, s)
+    size = segment_sizes(mask, s)
     if mode == "mean":  # mask / mean(mask), as a product: the mask is 0 or 1, so the same numbers
-        mean = mask.mean() if isinstance(size, int) else kept / size  # eager: torch's mean, bit for bit
+        mean = mask.mean() if isinstance(size, int) else segment_sums(mask, s) / size  # eager: torch's mean
         scale = 1 / mean.clamp(min=MEAN_FLOOR)
     else:
-        scale = size / (kept + 1)
+        scale = size / (segment_sums(mask, s) + 1)
     return mask * segment_broadcast(scale, mask, s)  # one scale per parameter, then one product per element
 
 
@@ -98,9 +98,12 @@ def cautious(chain: tuple[Transform, ...], mode: bool | str) -> tuple[Transform,
                 u = inner(u, p, s, c[start:end])
         return u
 
+    # the wrapped chain reduces as its transforms do: plain segments, rows or factored state ("rows" and
+    # "factored" together cannot be told with one tag: such a chain runs per parameter)
     segmented: bool | str = all(tr.elementwise or tr.segmented for tr in chain)
-    if segmented and any(tr.segmented == "rows" for tr in chain):
-        segmented = "rows"
+    tags = {tr.segmented for tr in chain if isinstance(tr.segmented, str)}
+    if segmented and tags:
+        segmented = tags.pop() if len(tags) == 1 else False
     return (kernel_transform(kernel, coefficients, init, writes=True, segmented=segmented),)
 
 
