@@ -60,7 +60,8 @@ class Transform(NamedTuple):
     engine may run it over many parameters concatenated into one flat buffer. `segmented=True` says the
     same of a kernel whose only reductions over the tensor go through `gradwise.core.segments` (per
     parameter, also on a flat buffer); `segmented="rows"`, of one that also reduces over the rows of
-    parameters of two or more dimensions (the segments' ROW_* tensors).
+    parameters of two or more dimensions (the segments' ROW_* tensors); `segmented="factored"`, of one that
+    keeps factored state (Adafactor's row and column factors: the segments' FACTOR_* tensors).
 
     `direction(u, p, s, c)`, optional on a step (`writes=True`): a kernel that returns, before the step runs
     and from the same arguments, a tensor d with the sign of what the step subtracts (the step moves p by a
@@ -494,7 +495,9 @@ def _same_values(last: dict[str, Any], values: dict[str, Any]) -> bool:
 
 def _init_structure(chain: tuple[Transform, ...]) -> tuple[Any, ...]:
     """What decides the state keys a chain's inits allocate: each init's code and what it captures (key
-    names, flags, the inits of the transforms a wrapper holds), recursively; other objects by identity."""
+    names, flags, the inits of the transforms a wrapper holds), recursively; other objects by identity.
+    Not `gradwise.core.compiled.chain_signature`: that keys the kernels, not the inits, and refuses a
+    captured object it cannot describe, where this falls back to the object's identity."""
     return tuple(_structure_of(transform.init) for transform in chain)
 
 

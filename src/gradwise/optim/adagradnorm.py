@@ -34,7 +34,7 @@ def norm_scaled_step(lr: float, key: str = _KEY) -> Transform:
     """p <- p - lr u / sqrt(b^2), b^2 read from state[key]."""
 
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
-        b = segment_value(s[key], u, s).sqrt().to(device=u.device, dtype=u.dtype)
+        b = segment_value(s[key].sqrt(), u, s).to(device=u.device, dtype=u.dtype)  # one square root per parameter
         p.sub_(u.div(b).mul_(c[0]))
         return u
 

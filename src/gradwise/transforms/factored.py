@@ -18,6 +18,7 @@ from ..core.segments import (
     FACTOR_ROW_BATCHES,
     FACTOR_ROW_LENGTHS,
     FACTOR_ROWS,
+    FULL_FACTOR,
     ROW_FACTOR,
     SEGMENT_IDS,
     _stored,
@@ -56,14 +57,14 @@ def factored_second_moment(decay: float, eps1: float | None) -> Transform:
         if FACTOR_ROWS in s:  # the compiled flat path, with matrices in the bucket
             return _flat_factored(u, s, weight, floor).clamp_(min=floor_sq).rsqrt_().mul_(u)
         if u.dim() > 1:
-            row, col = s["row_var"], s["col_var"]
+            row, col = s[ROW_FACTOR], s[COLUMN_FACTOR]
             # mean of u^2 along one dimension, as a squared norm: no u^2 of the full size is formed
             row.lerp_(torch.linalg.vector_norm(u, dim=-1, keepdim=True).square_().div_(u.size(-1)), weight)
             col.lerp_(torch.linalg.vector_norm(u, dim=-2, keepdim=True).square_().div_(u.size(-2)), weight)
             estimate = (row @ col).div_(row.mean(dim=-2, keepdim=True).clamp_(min=floor))
         else:
-            s["variance"].lerp_(u * u, weight)
-            estimate = s["variance"].clone()
+            s[FULL_FACTOR].lerp_(u * u, weight)
+            estimate = s[FULL_FACTOR].clone()
         return estimate.clamp_(min=floor_sq).rsqrt_().mul_(u)
 
     return kernel_transform(kernel, coefficients, _factored_state, segmented="factored")
