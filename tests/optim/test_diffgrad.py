@@ -214,3 +214,30 @@ def test_compiled_friction_power_of_two_is_within_one_float32_unit():
     assert (got[~normal & ~x.isnan()] <= 2.0**-126).all() and got[-1].isnan()
     assert torch.equal(compiled(x[:-1].double()), torch.exp2(x[:-1].double()))  # float64: exp2 itself
     assert torch.equal(exp2_nonpositive(x[:-1]), torch.exp2(x[:-1]))  # eager: exp2 itself
+
+
+def test_fused_friction_step_equals_the_composable_friction_then_folded_adam_step():
+    # gradwise.transforms keeps diffGrad's two building blocks (diff_friction, folded_adam_step) for users who
+    # compose chains; the optimizer runs friction_adam_step, which claims the same numbers within rounding
+    from gradwise.transforms import diff_friction, first_moment, folded_adam_step, second_moment
+    from gradwise.transforms.friction import friction_adam_step
+
+    def run(chain):
+        g = torch.Generator().manual_seed(3)
+        p = torch.randn(50, generator=g, dtype=torch.float64)
+        state: dict = {}
+        for tr in chain:
+            state.update(tr.init(p))
+        trajectory = []
+        for t in range(1, 41):
+            u = torch.randn(50, generator=g, dtype=torch.float64) * (1 + t % 4)
+            for tr in chain:
+                u = tr.update(u, p, state, float(t))
+            trajectory.append(p.clone())
+        return torch.stack(trajectory)
+
+    moments = (first_moment(0.9), second_moment(0.999))
+    fused = run((*moments, friction_adam_step(1e-2, 0.9, 0.999, 1e-8)))
+    composed = run((*moments, diff_friction(), folded_adam_step(1e-2, 0.9, 0.999, 1e-8)))
+    assert not torch.equal(fused[0], fused[-1])  # the parameters moved
+    torch.testing.assert_close(fused, composed, rtol=1e-13, atol=1e-15)
