@@ -281,9 +281,8 @@ def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
     if slots is None:
         slots = holder.slots[fkey] = coefficient_slots(pattern, *key)
     quantize = _quantize()
-    for _, signed in layout.keys:  # filled before tracing, the tables are constants of the graph
-        quantize._lookup(signed, key[1])
-        quantize._rounding_table(signed, key[1])
+    for _, signed in layout.keys:  # filled before tracing, the table is a constant of the graph (decoding
+        quantize._rounding_table(signed, key[1])  # is arithmetic there: it reads no table)
     coefficients = fill(slots, values)
     first, *rest = layout.chunks
     try:

@@ -225,12 +225,11 @@ def quantize_rows(rows: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
 
 
 @_per_device
-def _lookup(signed: bool, device: torch.device) -> tuple[Tensor, Tensor]:
+def _lookup(signed: bool, device: torch.device) -> Tensor:
     """The code values padded to 256 entries (the signed map's unused code 255 reads NaN), so that any uint8
-    indexes it without a bounds check; the second entry is unused."""
+    indexes it without a bounds check (eager decoding; compiled code decodes by arithmetic)."""
     values, _ = _tables(signed, torch.device("cpu"))
-    padded = torch.cat([values, values.new_full((256 - len(values),), float("nan"))])
-    return padded.to(device), padded[:0].to(device)
+    return torch.cat([values, values.new_full((256 - len(values),), float("nan"))]).to(device)
 
 
 def dequantize_rows(codes: Tensor, absmax: Tensor, signed: bool = True, words: bool = False) -> Tensor:
@@ -242,8 +241,7 @@ def dequantize_rows(codes: Tensor, absmax: Tensor, signed: bool = True, words: b
     scale = absmax.to(torch.float32).view(-1, *(1 for _ in range(codes.dim() - 1)))
     if torch.compiler.is_compiling():
         return _decode_arithmetic(_code_indices(codes) if words else codes.float(), signed) * scale
-    values, _ = _lookup(signed, codes.device)
-    return values[codes.int()] * scale
+    return _lookup(signed, codes.device)[codes.int()] * scale
 
 
 def _code_indices(codes: Tensor) -> Tensor:
