@@ -340,12 +340,13 @@ def test_a_streamed_sum_that_overflows_falls_back_to_the_exact_check(streamed, w
 
 
 def test_the_streamed_sum_of_half_precision_is_taken_in_float32(streamed):
-    params, _, opt, _ = pair(dtype=torch.bfloat16)
+    params, _, opt, _ = pair(dtype=torch.float16)
     steps(opt, params, range(2))
     g = next(iter(opt._compiled.layouts.values())).grad
-    g.fill_(3e38)  # every element finite; a bfloat16 sum would overflow at the second
-    assert streamed._buffer_sum(g, "eager").dtype == torch.float32
-    assert list(streamed._streamed) == [("eager", torch.bfloat16, 48)]
+    g.fill_(60000.0)  # every element finite; a float16 sum overflows at the second, a float32 one never here
+    total = streamed._buffer_sum(g, "eager")
+    assert total.dtype == torch.float32 and torch.isfinite(total)
+    assert list(streamed._streamed) == [("eager", torch.float16, 48)]  # the buffer took the streamed sum
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf and -inf"])

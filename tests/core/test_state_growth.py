@@ -154,16 +154,19 @@ def test_only_the_group_whose_momentum_is_raised_grows(compile, recwarn):
 def test_cautious_switched_on_mid_run_steps_the_same_eager_and_compiled(recwarn):
     """The cautious mask wraps the chain (a new init structure, no new state): eager and compiled agree."""
     runs = []
-    for compile in COMPILES:
+    for compile, switch in [*((c, True) for c in COMPILES), (False, False)]:
         params = make_params()
         opt = gw.AdamW(params, lr=1e-2, compile=compile)
         for k in range(12):
             if k == 4:
-                opt.param_groups[0]["cautious"] = True
+                opt.param_groups[0]["cautious"] = switch
             set_grads(params, k)
             opt.step()
         runs.append(params)
-    assert_all_close(*runs)
+    *switched, plain = runs
+    assert_all_close(*switched)
+    # the switch took effect: the masked run left the plain one
+    assert max(float((a - b).abs().max()) for a, b in zip(switched[0], plain, strict=True)) > 1e-6
     assert no_eager_fallback(recwarn)
 
 
@@ -218,19 +221,24 @@ def test_checkpoint_without_the_buffer_loaded_into_a_group_with_momentum(compile
 @pytest.mark.parametrize("compile", COMPILES)
 def test_8bit_state_converts_the_new_keys_only(compile, recwarn):
     """state_bits=8: the running max added mid-run is stored as codes, the moments stay as they were stored."""
-    g = torch.Generator().manual_seed(1)
-    p = torch.randn(64, 128, generator=g).requires_grad_()
-    opt = gw.AdamW([p], lr=1e-3, state_bits=8, compile=compile)
-    for k in range(6):
-        if k == 3:
-            before = {key: value.clone() for key, value in opt.state[p].items()}
-            opt.param_groups[0]["amsgrad"] = True
-        p.grad = torch.randn(p.shape, generator=g)
-        opt.step()
-    state = opt.state[p]
-    assert state["max_exp_avg_sq"].dtype == torch.uint8
+    runs = []
+    for switch in (True, False):  # the twin never switches: its moments are what the switched run's must be
+        g = torch.Generator().manual_seed(1)
+        p = torch.randn(64, 128, generator=g).requires_grad_()
+        opt = gw.AdamW([p], lr=1e-3, state_bits=8, compile=compile)
+        for k in range(6):
+            if k == 3:
+                before = {key: value.clone() for key, value in opt.state[p].items()}
+                opt.param_groups[0]["amsgrad"] = switch
+            p.grad = torch.randn(p.shape, generator=g)  # the same gradients: they do not depend on p
+            opt.step()
+        runs.append(opt.state[p])
+        assert torch.isfinite(p).all()
+    state, twin = runs
+    assert state["max_exp_avg_sq"].dtype == torch.uint8 and "max_exp_avg_sq" not in twin
     assert before["exp_avg_sq"].dtype == torch.uint8
-    assert torch.isfinite(p).all()
+    for key, value in twin.items():  # the moments (codes and block scales) went on as stored, untouched
+        assert torch.equal(state[key], value), key
     assert no_eager_fallback(recwarn)
 
 

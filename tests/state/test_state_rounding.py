@@ -158,3 +158,9 @@ def test_the_step_run_on_the_float32_copy_keeps_its_direction_for_the_cautious_m
         c = step.coefficients(1)
         assert wrapped.direction is not None
         assert torch.equal(wrapped.direction(u, p, s, c), step.direction(u, copy, s, c))
+    # adam_step's and sgd_step's directions do not read the parameter: a direction that does tells whether the
+    # wrapper hands it the float32 copy (as it hands the step itself) or the bf16 parameter
+    from gradwise.core import kernel_transform
+
+    reads_p = kernel_transform(lambda u, p, s, c: u, writes=True, direction=lambda u, p, s, c: p)
+    assert on_parameter_copy(reads_p, "_copy").direction(u, p, s, ()) is copy
