@@ -8,7 +8,6 @@ the tolerances below are z standard errors of C independent chains (their last i
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import warnings
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 
 CHAINS = 20000  # independent chains: the effective sample size of one snapshot of the last iterates
 Z = 4.5  # standard errors: a correct sampler fails a check with probability below 1e-5
@@ -254,13 +254,11 @@ def test_compiled_with_a_generator_follows_the_eager_chain(name, backend, hyper)
 def test_compiled_with_a_generator_resumes_the_same_stream(name):
     straight, _, _ = generator_chain(name, "aot_eager", 10)
     first, opt, params = generator_chain(name, "aot_eager", 5)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
+    saved = roundtrip(opt.state_dict())
     resumed = [p.detach().clone().requires_grad_() for p in params]
     other = gw.create(name, generator_groups(resumed), lr=1e-2, compile="aot_eager",
                       generator=torch.Generator().manual_seed(999))
-    other.load_state_dict(torch.load(buffer, weights_only=True))
+    other.load_state_dict(saved)
     with no_fallback():
         rest, _, _ = generator_chain(name, "aot_eager", 5, params=resumed, opt=other, start_step=5)
     assert torch.equal(torch.cat([first, rest]), straight)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from oracle_problem import make_problem, trajectory, worst_relative_difference
+from oracle_references import cautious_scale
 
 import gradwise as gw
 from gradwise.optim.ademamix import AdEMAMix, alpha_schedule, beta3_schedule
@@ -70,9 +71,8 @@ class ReferenceAdEMAMix:
                 continue
             update = direction + self.wd * p
             if self.cautious:
-                mask = (update * g > 0).to(p.dtype)
-                self.masked_out += int((mask == 0).sum())
-                update = update * mask * (mask.numel() / (mask.sum() + 1))
+                self.masked_out += int((update * g <= 0).sum())
+                update = update * cautious_scale(update, g)
             p.copy_(p - self.lr * update)
 
 
