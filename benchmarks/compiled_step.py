@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -56,6 +57,23 @@ def make_params(count: int, size: int, seed: int = 0) -> list[torch.Tensor]:
     return params
 
 
+def fresh_gradients(params: list[torch.Tensor]) -> Callable[[], None]:
+    """A function that gives each parameter with a gradient a new gradient tensor with the same values, as backward
+    does after `zero_grad(set_to_none=True)` (torch's default): an optimizer that keeps gradients in buffers of its
+    own (gradwise's compiled flat path) must then copy them in, each step. Two pools of copies made up front take
+    turns, so that a call allocates nothing and leaves nothing freshly written in the cache."""
+    with_grad = [p for p in params if p.grad is not None]
+    pool = [[p.grad.detach().clone() for p in with_grad] for _ in range(2)]  # type: ignore[union-attr]
+    turn = [0]
+
+    def give() -> None:
+        turn[0] ^= 1
+        for p, g in zip(with_grad, pool[turn[0]], strict=True):
+            p.grad = g
+
+    return give
+
+
 def contenders(count: int, size: int) -> dict:
     steps = {}
     fused = torch.optim.AdamW(make_params(count, size), lr=1e-3, fused=True)
@@ -65,15 +83,8 @@ def contenders(count: int, size: int) -> dict:
     steps["compiled-ignore"] = gradwise.AdamW(make_params(count, size), lr=1e-3, compile=True,
                                               nonfinite="ignore").step
     params = make_params(count, size)
-    pool = [[p.grad.clone() for p in params] for _ in range(2)]
     steps["compiled-newgrad"] = gradwise.AdamW(params, lr=1e-3, compile=True).step
-    turn = [0]
-
-    def new_grads() -> None:
-        turn[0] ^= 1
-        for p, g in zip(params, pool[turn[0]], strict=True):
-            p.grad = g
-
+    new_grads = fresh_gradients(params)
     a, b = torch.randn(TRIAD_ELEMENTS), torch.randn(TRIAD_ELEMENTS)
     steps["triad"] = lambda: a.add_(b, alpha=1e-9)
     return steps, {"compiled-newgrad": new_grads}

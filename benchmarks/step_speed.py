@@ -57,6 +57,9 @@ import torch
 import gradwise
 from gradwise.core.registry import entry
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling script, also when loaded by path
+from compiled_step import fresh_gradients  # noqa: E402  (the pool of new gradient tensors compiled_step.py swaps in)
+
 Shape = tuple[int, ...]
 
 
@@ -289,19 +292,6 @@ def stepper(opt: torch.optim.Optimizer) -> Callable[[], object]:
         step: Callable[..., object] = opt.step  # the Polyak optimizers' step takes loss=
         return lambda: step(loss=loss)
     return opt.step
-
-
-def fresh_gradients(params: list[torch.Tensor]) -> Callable[[], None]:
-    """A function that gives every parameter a new gradient tensor with the same values, as backward does after
-    `zero_grad(set_to_none=True)` (torch's default): an optimizer that keeps gradients in buffers of its own
-    (gradwise's compiled flat path) must then copy them in, each step."""
-    source = [p.grad.detach().clone() for p in params if p.grad is not None]
-
-    def give() -> None:
-        for p, g in zip(params, source, strict=True):
-            p.grad = g.clone()
-
-    return give
 
 
 def compiled_path(opt: torch.optim.Optimizer, fell_back: bool) -> str:

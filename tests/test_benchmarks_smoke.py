@@ -77,13 +77,15 @@ def test_step_speed_targets_and_paths():
 
 def test_step_speed_fresh_gradients_hand_each_step_new_tensors_with_the_same_values():
     step_speed = load_step_speed()
-    params = step_speed.make_params([(4,), (2, 3)])
+    params = step_speed.make_params([(4,), (2, 3), (5,)])
+    params[2].grad = None  # a parameter without a gradient keeps none
     give = step_speed.fresh_gradients(params)
-    seen = [p.grad for p in params]
-    for _ in range(2):
+    seen = [p.grad for p in params[:2]]
+    for _ in range(3):
         give()
-        assert all(p.grad is not g and torch.equal(p.grad, g) for p, g in zip(params, seen, strict=True))
-        seen = [p.grad for p in params]
+        assert all(p.grad is not g and torch.equal(p.grad, g) for p, g in zip(params[:2], seen, strict=True))
+        assert params[2].grad is None
+        seen = [p.grad for p in params[:2]]
     report = step_speed.benchmark({"tiny": [(64,), (8, 8)]}, ["adamw"], repeats=2, warmup=1, threads=1,
                                   triad_elements=100_000, compile="eager", compile_warmup=1, peers=False,
                                   grads="fresh")
