@@ -74,6 +74,7 @@ def test_wheel_contents_and_metadata(tmp_path):
         entry_points = zf.read(f"{dist_info}/entry_points.txt").decode()
 
     assert "gradwise/py.typed" in names
+    assert "gradwise/state/_native8bit.c" in names  # the native 8-bit kernel's source, built on first use
     for package in _subpackages():
         assert f"{package}/__init__.py" in names, package
     shipped = {n for n in names if n.endswith(".py")}

@@ -108,6 +108,7 @@ class QuantizedLayout(_BucketViews):
                 self.views[k + absmax_suffix].append(scales)
             st["step"] = self.steps[i]
             self.views["step"].append(st["step"])
+        self.valid_counts = valid.to(device)  # int32, for the native kernel (gradwise.state.native)
         self.valid = valid.to(device=device, dtype=torch.float32)  # exact: a block holds fewer than 2^24 values
         # what the compiled function receives: (blocks, block) views of the flat buffers, or (blocks, block / 8, 8)
         # when the block is a multiple of 8, so that the codes are read as int32 words (`dequantize_rows`)
@@ -190,6 +191,7 @@ class _Quantized:
         self.layouts: dict[tuple, list[QuantizedLayout]] = {}
         self.functions: dict[tuple, Callable | None] = {}
         self.slots: dict[tuple, list] = {}
+        self.native: dict[tuple, bool] = {}  # whether a chain runs on the native kernel (False: it has no form)
 
 
 def _holder(step: Any) -> _Quantized:
@@ -261,9 +263,41 @@ def _lay_out(optimizer: Any, big: list[Tensor], chain: tuple, storage: Any,
     return layouts, left
 
 
+def _native() -> Any:
+    """gradwise.state.native, imported on use as `_storage`."""
+    return importlib.import_module("gradwise.state.native")
+
+
+def _run_native(step: Any, holder: _Quantized, gi: int, key: tuple, layout: QuantizedLayout, chain: tuple,
+                signature: tuple) -> bool:
+    """The step as one call of the native fused kernel (`gradwise.state.native`) under the inductor backend on
+    the CPU; False (nothing written) when the kernel is not available or the chain has no native form."""
+    if step.backend != "inductor" or layout.param.device.type != "cpu":
+        return False
+    native = _native()
+    nkey = (gi, key, signature, layout.keys)
+    if holder.native.get(nkey) is False or native.library() is None:
+        return False
+    try:
+        ops, count = native.program(chain, [k for k, _ in layout.keys], layout.t + 1)
+    except native.NativeUnsupported:
+        holder.native[nkey] = False  # the chain's shape decides it: not asked again
+        return False
+    holder.native[nkey] = True
+    native.run_program(ops, count, layout.param, layout.grad, [layout.codes[k] for k, _ in layout.keys],
+                       [layout.absmax[k] for k, _ in layout.keys], [signed for _, signed in layout.keys],
+                       layout.valid_counts, layout.block, maximize=bool(signature[0]))
+    layout.steps.add_(1)
+    layout.t += 1
+    return True
+
+
 def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: QuantizedLayout, chain: tuple,
                 signature: tuple) -> bool:
-    """One compiled call over the layout's buffers; False (nothing written) when it cannot run."""
+    """One compiled call over the layout's buffers (or one call of the native kernel, `_run_native`); False
+    (nothing written) when it cannot run."""
+    if _run_native(step, holder, gi, key, layout, chain, signature):
+        return True
     try:
         values = [tr.coefficients(layout.t + 1) for tr in chain]
         pattern = coefficient_pattern(values)

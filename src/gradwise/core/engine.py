@@ -68,6 +68,10 @@ class Transform(NamedTuple):
     positive multiple of -d: Adam's step, d = m; SGD's, d = u). The cautious mask reads the sign of d instead
     of the parameter's change; it is cheaper to compute (the mask's sum must be known before any parameter
     is written), and it is the authors' rule also where the change rounds away.
+
+    `native`, optional on an elementwise transform: the same kernel as an op of the fused 8-bit C kernel
+    (`gradwise.state.native.OPS`): (op name, the state keys it reads or writes...), its numbers in the order
+    of `coefficients(t)`. A chain whose transforms all have one runs its compiled 8-bit step there.
     """
 
     update: UpdateFn
@@ -78,6 +82,7 @@ class Transform(NamedTuple):
     elementwise: bool = False
     segmented: bool | str = False
     direction: KernelFn | None = None
+    native: tuple[str, ...] | None = None
 
 
 def no_coefficients(t: float) -> tuple[()]:
@@ -93,6 +98,7 @@ def kernel_transform(
     elementwise: bool = False,
     segmented: bool | str = False,
     direction: KernelFn | None = None,
+    native: tuple[str, ...] | None = None,
 ) -> Transform:
     """A transform in the split form the compiled engine runs (see `Transform`); its eager `update` is
     `kernel(u, p, s, coefficients(t))`."""
@@ -100,7 +106,7 @@ def kernel_transform(
     def update(u: Tensor, p: Tensor, s: State, t: float) -> Tensor:
         return kernel(u, p, s, coefficients(t))
 
-    return Transform(update, init, writes, coefficients, kernel, elementwise, segmented, direction)
+    return Transform(update, init, writes, coefficients, kernel, elementwise, segmented, direction, native)
 
 
 class Storage(Protocol):

@@ -31,7 +31,8 @@ def belief_second_moment(beta: float, eps: float, key: str = "exp_avg_var", firs
         s[key].mul_(c[0]).addcmul_(residual, residual, value=c[1]).add_(c[2])
         return u
 
-    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True,
+                            native=("belief", key, first))
 
 
 def rectification(beta2: float, t: float) -> float | None:
@@ -81,4 +82,5 @@ def rectified_step(
         p.addcdiv_(s[first], denom, value=step)
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True,
+                            native=("rect_step", first, second))

@@ -20,7 +20,7 @@ def first_moment(beta: float, key: str = "exp_avg") -> Transform:
         s[key].lerp_(u, c[0])
         return u
 
-    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True, native=("lerp", key))
 
 
 def second_moment(beta: float, key: str = "exp_avg_sq") -> Transform:
@@ -33,7 +33,7 @@ def second_moment(beta: float, key: str = "exp_avg_sq") -> Transform:
         s[key].mul_(c[0]).addcmul_(u, u, value=c[1])
         return u
 
-    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True, native=("second", key))
 
 
 def running_max(source: str = "exp_avg_sq", key: str = "max_exp_avg_sq") -> Transform:
@@ -43,7 +43,7 @@ def running_max(source: str = "exp_avg_sq", key: str = "max_exp_avg_sq") -> Tran
         torch.maximum(s[key], s[source], out=s[key])
         return u
 
-    return kernel_transform(kernel, init=zeros_state(key), elementwise=True)
+    return kernel_transform(kernel, init=zeros_state(key), elementwise=True, native=("max", key, source))
 
 
 def adam_direction(beta1: float, beta2: float, eps: float, nesterov: bool) -> Transform:

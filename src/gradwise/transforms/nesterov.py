@@ -40,7 +40,8 @@ def nesterov_gradient(beta: float, key: str = "exp_avg_diff", previous: str = "p
         prev.copy_(u)
         return diff.mul_(b).add_(u)
 
-    return kernel_transform(kernel, coefficients, zeros_state(key, previous), elementwise=True)
+    return kernel_transform(kernel, coefficients, zeros_state(key, previous), elementwise=True,
+                            native=("nesterov", key, previous))
 
 
 def nesterov_adaptive_step(
@@ -67,4 +68,5 @@ def nesterov_adaptive_step(
         p.addcdiv_(s[diff], denom, value=c[3])
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True,
+                            native=("adan_step", first, diff, second))

@@ -37,4 +37,5 @@ def sign_momentum(beta1: float, beta2: float, key: str = "exp_avg") -> Transform
         m.mul_(c[2]).add_(u, alpha=c[3])
         return direction
 
-    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True,
+                            native=("sign_momentum", key))

@@ -23,7 +23,8 @@ def adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "
         p.addcdiv_(s["exp_avg"], denom, value=c[0])
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=_first_moment)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=_first_moment,
+                            native=("adam_step", "exp_avg", second))
 
 
 def _first_moment(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
@@ -46,7 +47,8 @@ def sgd_step(lr: float) -> Transform:
         p.add_(u, alpha=c[0])
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=_incoming)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=_incoming,
+                            native=("sgd_step",))
 
 
 def folded_adam_step(lr: float, beta1: float, beta2: float, eps: float, second: str = "exp_avg_sq") -> Transform:

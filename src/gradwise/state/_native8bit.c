@@ -1,0 +1,457 @@
+/* The fused 8-bit step of gradwise.state.native: decode, update, re-quantize, one block at a time.
+
+   Built on first use by gradwise/state/native.py with the C compiler that torch.compile needs on the CPU, and
+   called through ctypes. One call runs a whole flat bucket (the layout of gradwise.core.compiled_state): for
+   each block of `block` values it decodes every state key into a float32 scratch row (a table look-up and one
+   multiplication), runs the chain's transforms over the block as a short program of elementwise ops (`gw_op`,
+   the arithmetic of each transform's torch kernel, in float32), zeroes the padding, takes each key's absmax,
+   and rounds back to the dynamic code map with the packed rounding table of gradwise.state.quantize. The block
+   stays in the first-level cache from decoding to rounding, so the step reads and writes each byte of state
+   once, which the generated code of torch.compile cannot do (it re-runs the update to round after the block's
+   maximum is known, and loads table entries one lane at a time).
+
+   The arithmetic matches gradwise.state.quantize: the same decoded values (the same float32 table), the same
+   division by the block scale, the same rounding table and tie rule, the same handling of non-finite blocks
+   (NaN scale; NaN reads 0, +-inf reads +-1). The update's float32 results may differ from torch's eager
+   kernels by an ulp where torch contracts into a fused multiply-add, as the generated code of torch.compile
+   does too. */
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+enum {
+    OP_SCALE_U = 1,   /* u <- u * k0 */
+    OP_DECAY_P = 2,   /* p <- p * k0 */
+    OP_DECAY_G = 3,   /* u <- u + k0 p */
+    OP_DIV_P = 4,     /* p <- p / k0 */
+    OP_LERP = 5,      /* s[a] <- lerp(s[a], u, k0) */
+    OP_SECOND = 6,    /* s[a] <- s[a] k0 + k1 u u */
+    OP_BELIEF = 7,    /* r = u - s[b]; s[a] <- (s[a] k0 + k1 r r) + k2 */
+    OP_MAX = 8,       /* s[a] <- max(s[a], s[b]) (NaN propagates) */
+    OP_ADAM_STEP = 9, /* p <- p + k0 s[a] / (sqrt(s[b]) / k1 + k2) */
+    OP_RECT_STEP = 10,/* k0 != 0: p <- p + k1 s[a] / (sqrt(s[b]) + k2); else p <- p + k1 s[a] */
+    OP_SGD_STEP = 11, /* p <- p + k0 u */
+    OP_NESTEROV = 12, /* k0 != 0: s[b] <- u; d = u - s[b]; s[a] <- s[a] k1 + k2 d; s[b] <- u; u <- d k1 + u */
+    OP_ADAN_STEP = 13,/* q = sqrt(s[c]) / k0 + k1; p <- p + k2 s[a] / q; p <- p + k3 s[b] / q */
+    OP_SIGN_MOM = 14, /* x = s[a] k0 + k1 u; s[a] <- s[a] k2 + k3 u; u <- sign(x) (NaN stays NaN) */
+    OP_SET = 15,      /* s[a] <- u (tests: round chosen values) */
+    OP_GET = 16       /* p <- s[a] (tests: read decoded values) */
+};
+
+typedef struct {
+    int32_t op, a, b, c;
+    float k[4];
+} gw_op;
+
+/* The code map's constants per signedness (gw_codec, filled by native.py from gradwise.state.quantize): per
+   decade j (magnitude indices m in [2^j, 2^(j+1))) the value (9 m + P_j) / Q_j, one float32 division as the
+   table's own rounding (`_decode_arithmetic`), and the float32 midpoint `start[j]` between the last magnitude
+   below the decade and its first, the table's own number. Unused decades (the signed map has 7) hold P = NaN
+   and start = +inf. */
+typedef struct {
+    float start[8], p[8], q[8];
+} gw_codec;
+
+typedef struct {
+    const gw_op *prog;
+    int32_t nops;
+    float *param;
+    const float *grad;
+    int32_t maximize;
+    uint8_t *const *codes;
+    float *const *absmax;
+    const int32_t *is_signed;
+    int32_t nkeys;
+    const int32_t *valid;
+    int64_t first, last; /* blocks [first, last) */
+    int32_t block;
+    const float *decode[2];   /* [unsigned, signed]: 256 code values */
+    const gw_codec *codec[2]; /* [unsigned, signed] */
+    const int32_t *round[2];  /* [unsigned, signed]: the packed rounding tables */
+    float *scratch;
+} gw_job;
+
+#define GW_MAX_THREADS 256
+#define GW_MAX_KEYS 16
+
+/* the constants of gradwise.state.quantize's rounding table */
+#define GW_SHIFT 15
+#define GW_LOW ((1 << GW_SHIFT) - 1)
+#define GW_LOWEST ((127 - 30) << 8)
+#define GW_BUCKETS ((30 + 1) << 8)
+#define GW_SIGNED_ZERO 127
+
+
+static void decode_row(const uint8_t *codes, const float *table, const gw_codec *codec, int is_signed,
+                       float scale, float *out, int32_t n) {
+    int32_t i = 0;
+#if defined(__AVX2__)
+    const __m256 s = _mm256_set1_ps(scale), nine = _mm256_set1_ps(9.0f);
+    const __m256 p = _mm256_loadu_ps(codec->p), q = _mm256_loadu_ps(codec->q);
+    const __m256i zero_code = _mm256_set1_epi32(is_signed ? 127 : 0), bias = _mm256_set1_epi32(127);
+    const __m256 sign_bit = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    for (; i + 8 <= n; i += 8) {
+        __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i)));
+        __m256i offset = _mm256_sub_epi32(c, zero_code);
+        __m256i m = _mm256_abs_epi32(offset);
+        __m256 mf = _mm256_cvtepi32_ps(m);
+        /* decade: the binary exponent of m (m = 0 gives garbage, blended to 0 below) */
+        __m256i j = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(mf), 23), bias);
+        __m256 v = _mm256_div_ps(_mm256_add_ps(_mm256_mul_ps(mf, nine), _mm256_permutevar8x32_ps(p, j)),
+                                 _mm256_permutevar8x32_ps(q, j));
+        v = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(m, _mm256_setzero_si256())));
+        if (is_signed) /* negative codes: the sign bit of the offset */
+            v = _mm256_or_ps(v, _mm256_and_ps(_mm256_castsi256_ps(offset), sign_bit));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(v, s));
+    }
+#else
+    (void)codec;
+    (void)is_signed;
+#endif
+    for (; i < n; i++) out[i] = table[codes[i]] * scale;
+}
+
+/* the block's absmax as quantize_rows takes it: NaN when any value is NaN or infinite */
+static float block_absmax(const float *x, int32_t n) {
+    int32_t i = 0;
+    float best = 0.0f;
+    int bad = 0;
+#if defined(__AVX2__)
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 largest = _mm256_set1_ps(3.40282347e+38f);
+    __m256 m = _mm256_setzero_ps(), nonfinite = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + i), magnitude);
+        nonfinite = _mm256_or_ps(nonfinite, _mm256_cmp_ps(a, largest, _CMP_NLE_UQ));
+        m = _mm256_max_ps(m, a);
+    }
+    bad = _mm256_movemask_ps(nonfinite) != 0;
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m);
+    for (int j = 0; j < 8; j++) best = lanes[j] > best ? lanes[j] : best;
+#endif
+    for (; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (!(a <= 3.40282347e+38f)) bad = 1;
+        best = a > best ? a : best;
+    }
+    return bad ? NAN : best;
+}
+
+static inline int32_t round_one(float x, const int32_t *table, int is_signed) {
+    /* x / scale already taken; into [-1, 1] (signed) or [0, 1] (unsigned), NaN to 0 */
+    if (x > 1.0f) x = 1.0f;
+    if (is_signed) {
+        if (x < -1.0f) x = -1.0f;
+        if (x != x) x = 0.0f;
+    } else if (!(x > 0.0f)) {
+        x = 0.0f;
+    }
+    int32_t bits;
+    memcpy(&bits, &x, 4);
+    int32_t mag = is_signed ? (bits & 0x7FFFFFFF) : bits;
+    int32_t key = (mag >> GW_SHIFT) - GW_LOWEST;
+    key = key < 0 ? 0 : (key > GW_BUCKETS - 1 ? GW_BUCKETS - 1 : key);
+    int32_t sign = bits >> 31;
+    if (is_signed) key += sign & GW_BUCKETS;
+    int32_t entry = table[key];
+    int32_t index = (entry >> 16) + ((mag & GW_LOW) >= (entry & 0xFFFF));
+    if (!is_signed) return index;
+    return (index ^ sign) - sign + GW_SIGNED_ZERO;
+}
+
+/* Rounding to the nearest code without a table look-up, for the values of a block whose absmax is finite and
+   positive (so that every |x| / absmax is in [0, 1]; other blocks take the table's rule, `round_one`). The
+   decade is found by a binary search over the decades' exact float32 starts (a value on a start goes to the
+   smaller magnitude if positive, to the larger if negative: the table's ties); inside decade j the codes are
+   evenly spaced, so the index is round((a Q_j - P_j) / 9) in float32, whose error is below 1e-4 of a step.
+   A value within 1/2048 of a step from a midpoint takes the table's rule instead (about 1 value in 1000), so
+   the codes are those of `quantize_rows` exactly. */
+#if defined(__AVX2__)
+typedef struct {
+    __m256 start4, start, p, q, ninth, half, near, start0;
+    __m256i low, high, abs_mask, ione, two, four, signed_zero;
+} gw_rounder;
+
+static gw_rounder make_rounder(const gw_codec *codec, int is_signed) {
+    gw_rounder r;
+    r.start4 = _mm256_set1_ps(codec->start[4]);
+    r.start = _mm256_loadu_ps(codec->start);
+    r.start0 = _mm256_set1_ps(codec->start[0]);
+    r.p = _mm256_loadu_ps(codec->p);
+    r.q = _mm256_loadu_ps(codec->q);
+    r.ninth = _mm256_set1_ps(1.0f / 9.0f);
+    r.half = _mm256_set1_ps(0.5f);
+    r.near = _mm256_set1_ps((1.0f / 2048.0f) * (1.0f / 2048.0f));
+    /* decade j holds the magnitude indices [2^j, 2^(j+1)); the signed map's unused eighth decade is never chosen */
+    r.low = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    r.high = _mm256_setr_epi32(1, 3, 7, 15, 31, 63, 127, 255);
+    r.abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+    r.ione = _mm256_set1_epi32(1);
+    r.two = _mm256_set1_epi32(2);
+    r.four = _mm256_set1_epi32(4);
+    r.signed_zero = _mm256_set1_epi32(is_signed ? GW_SIGNED_ZERO : 0);
+    return r;
+}
+
+/* 8 codes of normalized values v (in [-1, 1], or [0, 1] unsigned); `*slow` gets the lanes near a midpoint */
+static inline __m256i round8(const gw_rounder *r, __m256 v, int is_signed, int *slow) {
+    __m256i bits = _mm256_castps_si256(v), sign = _mm256_setzero_si256();
+    __m256 a = v;
+    if (is_signed) {
+        sign = _mm256_srai_epi32(bits, 31);
+        /* |v|, one ulp up for negative values: a >= t is then a' > t (their ties go to the larger magnitude) */
+        a = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_and_si256(bits, r->abs_mask), sign));
+    }
+    /* the decade: binary search over the 8 starts (start[j] <= a < start[j + 1] up to the ties) */
+    __m256i j = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(a, r->start4, _CMP_GT_OQ)), r->four);
+    __m256i probe = _mm256_add_epi32(j, r->two);
+    j = _mm256_add_epi32(j, _mm256_and_si256(_mm256_castps_si256(
+        _mm256_cmp_ps(a, _mm256_permutevar8x32_ps(r->start, probe), _CMP_GT_OQ)), r->two));
+    probe = _mm256_add_epi32(j, r->ione);
+    j = _mm256_add_epi32(j, _mm256_and_si256(_mm256_castps_si256(
+        _mm256_cmp_ps(a, _mm256_permutevar8x32_ps(r->start, probe), _CMP_GT_OQ)), r->ione));
+    __m256 shifted = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(a, _mm256_permutevar8x32_ps(r->q, j)),
+                                                               _mm256_permutevar8x32_ps(r->p, j)), r->ninth), r->half);
+    __m256 d = _mm256_sub_ps(shifted, _mm256_round_ps(shifted, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    *slow = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_mul_ps(d, d), r->near, _CMP_LT_OQ));
+    __m256i index = _mm256_cvttps_epi32(shifted); /* floor: shifted > 0 */
+    index = _mm256_min_epi32(_mm256_max_epi32(index, _mm256_permutevar8x32_epi32(r->low, j)),
+                             _mm256_permutevar8x32_epi32(r->high, j));
+    /* at or below the first decade's start: the code 0 */
+    index = _mm256_and_si256(index, _mm256_castps_si256(_mm256_cmp_ps(a, r->start0, _CMP_GT_OQ)));
+    if (is_signed) /* 127 - index for negative values, 127 + index */
+        index = _mm256_add_epi32(_mm256_sub_epi32(_mm256_xor_si256(index, sign), sign), r->signed_zero);
+    return index;
+}
+#endif
+
+static void encode_row(const float *x, float absmax, const int32_t *table, const gw_codec *codec, int is_signed,
+                       uint8_t *codes, int32_t n) {
+    int32_t i = 0;
+    if (absmax == 0.0f) { /* all zeros */
+        memset(codes, is_signed ? GW_SIGNED_ZERO : 0, (size_t)n);
+        return;
+    }
+    const float scale = absmax > 0.0f ? absmax : 1.0f; /* NaN > 0 is false: a non-finite block has scale 1 */
+#if defined(__AVX2__)
+    if (absmax > 0.0f) { /* finite: every x / absmax is in [-1, 1] */
+        const gw_rounder r = make_rounder(codec, is_signed);
+        const __m256 s = _mm256_set1_ps(scale), zero = _mm256_setzero_ps();
+        for (; i + 16 <= n; i += 16) {
+            __m256 v0 = _mm256_div_ps(_mm256_loadu_ps(x + i), s), v1 = _mm256_div_ps(_mm256_loadu_ps(x + i + 8), s);
+            if (!is_signed) { /* negative values (and -0) to +0 */
+                v0 = _mm256_max_ps(v0, zero);
+                v1 = _mm256_max_ps(v1, zero);
+            }
+            int slow0, slow1;
+            __m256i c0 = round8(&r, v0, is_signed, &slow0), c1 = round8(&r, v1, is_signed, &slow1);
+            __m256i words = _mm256_packs_epi32(c0, c1); /* 16-bit, lanes interleaved by 128-bit halves */
+            __m256i bytes = _mm256_packus_epi16(words, words);
+            __m256i ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
+            _mm_storeu_si128((__m128i *)(codes + i), _mm256_castsi256_si128(ordered));
+            if (slow0 | slow1) { /* near a midpoint: the table's rule for those lanes */
+                int slow = slow0 | (slow1 << 8);
+                for (int l = 0; l < 16; l++)
+                    if (slow & (1 << l)) codes[i + l] = (uint8_t)round_one(x[i + l] / scale, table, is_signed);
+            }
+        }
+    }
+#else
+    (void)codec;
+#endif
+    for (; i < n; i++) codes[i] = (uint8_t)round_one(x[i] / scale, table, is_signed);
+}
+
+static inline float lerp1(float start, float end, float w) {
+    /* torch's lerp with a scalar weight */
+    return fabsf(w) < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
+}
+
+static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *restrict u, float **s, int32_t n) {
+    for (int32_t o = 0; o < nops; o++) {
+        const gw_op op = prog[o];
+        const float k0 = op.k[0], k1 = op.k[1], k2 = op.k[2], k3 = op.k[3];
+        float *restrict a = op.a >= 0 ? s[op.a] : NULL;
+        float *restrict b = op.b >= 0 ? s[op.b] : NULL;
+        float *restrict c = op.c >= 0 ? s[op.c] : NULL;
+        switch (op.op) {
+        case OP_SCALE_U:
+            for (int32_t i = 0; i < n; i++) u[i] = u[i] * k0;
+            break;
+        case OP_DECAY_P:
+            for (int32_t i = 0; i < n; i++) p[i] = p[i] * k0;
+            break;
+        case OP_DECAY_G:
+            for (int32_t i = 0; i < n; i++) u[i] = u[i] + k0 * p[i];
+            break;
+        case OP_DIV_P:
+            for (int32_t i = 0; i < n; i++) p[i] = p[i] / k0;
+            break;
+        case OP_LERP:
+            if (fabsf(k0) < 0.5f) {
+                for (int32_t i = 0; i < n; i++) a[i] = a[i] + k0 * (u[i] - a[i]);
+            } else {
+                const float w = 1.0f - k0;
+                for (int32_t i = 0; i < n; i++) a[i] = u[i] - (u[i] - a[i]) * w;
+            }
+            break;
+        case OP_SECOND:
+            for (int32_t i = 0; i < n; i++) a[i] = a[i] * k0 + k1 * u[i] * u[i];
+            break;
+        case OP_BELIEF:
+            for (int32_t i = 0; i < n; i++) {
+                float r = u[i] - b[i];
+                a[i] = (a[i] * k0 + k1 * r * r) + k2;
+            }
+            break;
+        case OP_MAX:
+            for (int32_t i = 0; i < n; i++) {
+                float x = a[i], y = b[i];
+                a[i] = (x != x || y != y) ? x + y : (x > y ? x : y);
+            }
+            break;
+        case OP_ADAM_STEP:
+            for (int32_t i = 0; i < n; i++) p[i] = p[i] + k0 * (a[i] / (sqrtf(b[i]) / k1 + k2));
+            break;
+        case OP_RECT_STEP:
+            if (k0 != 0.0f) {
+                for (int32_t i = 0; i < n; i++) p[i] = p[i] + k1 * (a[i] / (sqrtf(b[i]) + k2));
+            } else {
+                for (int32_t i = 0; i < n; i++) p[i] = p[i] + k1 * a[i];
+            }
+            break;
+        case OP_SGD_STEP:
+            for (int32_t i = 0; i < n; i++) p[i] = p[i] + k0 * u[i];
+            break;
+        case OP_NESTEROV:
+            if (k0 != 0.0f) memcpy(b, u, sizeof(float) * (size_t)n);
+            for (int32_t i = 0; i < n; i++) {
+                float d = u[i] - b[i];
+                a[i] = a[i] * k1 + k2 * d;
+                b[i] = u[i];
+                u[i] = d * k1 + u[i];
+            }
+            break;
+        case OP_ADAN_STEP:
+            for (int32_t i = 0; i < n; i++) {
+                float q = sqrtf(c[i]) / k0 + k1;
+                float x = p[i] + k2 * (a[i] / q);
+                p[i] = x + k3 * (b[i] / q);
+            }
+            break;
+        case OP_SIGN_MOM:
+            for (int32_t i = 0; i < n; i++) {
+                float x = a[i] * k0 + k1 * u[i];
+                a[i] = a[i] * k2 + k3 * u[i];
+                u[i] = x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : (x == 0.0f ? 0.0f : x));
+            }
+            break;
+        case OP_SET:
+            memcpy(a, u, sizeof(float) * (size_t)n);
+            break;
+        case OP_GET:
+            memcpy(p, a, sizeof(float) * (size_t)n);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void *run_job(void *arg) {
+    gw_job *job = (gw_job *)arg;
+    const int32_t block = job->block, nkeys = job->nkeys;
+    float *rows[GW_MAX_KEYS];
+    for (int32_t k = 0; k < nkeys; k++) rows[k] = job->scratch + (size_t)block * (size_t)(k + 1);
+    float *u = job->scratch;
+    for (int64_t blk = job->first; blk < job->last; blk++) {
+        const int32_t valid = job->valid[blk];
+        const int64_t base = blk * (int64_t)block;
+        if (valid <= 0) continue; /* an empty block that completes the buffer: stays the code of 0 */
+        for (int32_t k = 0; k < nkeys; k++) {
+            int sg = job->is_signed[k] != 0;
+            decode_row(job->codes[k] + base, job->decode[sg], job->codec[sg], sg, job->absmax[k][blk], rows[k],
+                       block);
+        }
+        const float *g = job->grad + base;
+        if (job->maximize) {
+            for (int32_t i = 0; i < block; i++) u[i] = -g[i];
+        } else {
+            memcpy(u, g, sizeof(float) * (size_t)block);
+        }
+        run_ops(job->prog, job->nops, job->param + base, u, rows, block);
+        for (int32_t k = 0; k < nkeys; k++) {
+            int sg = job->is_signed[k] != 0;
+            for (int32_t i = valid; i < block; i++) rows[k][i] = 0.0f; /* the padding reads 0, as in eager */
+            float m = block_absmax(rows[k], block);
+            job->absmax[k][blk] = m;
+            encode_row(rows[k], m, job->round[sg], job->codec[sg], sg, job->codes[k] + base, block);
+        }
+    }
+    return NULL;
+}
+
+/* One step over `blocks` blocks of `block` values with `threads` threads (at most GW_MAX_THREADS).
+   `scratch` holds threads * (nkeys + 1) * block floats. Returns 0, or 1 when an argument is out of range
+   (nothing written then). */
+int gw8_step(const gw_op *prog, int32_t nops, float *param, const float *grad, int32_t maximize,
+             uint8_t *const *codes, float *const *absmax, const int32_t *is_signed, int32_t nkeys,
+             const int32_t *valid, int64_t blocks, int32_t block, const float *decode_unsigned,
+             const float *decode_signed, const int32_t *round_unsigned, const int32_t *round_signed,
+             const gw_codec *codec_unsigned, const gw_codec *codec_signed, float *scratch, int32_t threads) {
+    if (threads < 1 || threads > GW_MAX_THREADS || nkeys < 1 || nkeys > GW_MAX_KEYS || block < 1 || blocks < 0)
+        return 1;
+    gw_job jobs[GW_MAX_THREADS];
+    pthread_t ids[GW_MAX_THREADS];
+    int started[GW_MAX_THREADS];
+    for (int32_t t = 0; t < threads; t++) {
+        gw_job *job = &jobs[t];
+        job->prog = prog;
+        job->nops = nops;
+        job->param = param;
+        job->grad = grad;
+        job->maximize = maximize;
+        job->codes = codes;
+        job->absmax = absmax;
+        job->is_signed = is_signed;
+        job->nkeys = nkeys;
+        job->valid = valid;
+        job->first = blocks * t / threads;
+        job->last = blocks * (t + 1) / threads;
+        job->block = block;
+        job->decode[0] = decode_unsigned;
+        job->decode[1] = decode_signed;
+        job->round[0] = round_unsigned;
+        job->round[1] = round_signed;
+        job->codec[0] = codec_unsigned;
+        job->codec[1] = codec_signed;
+        job->scratch = scratch + (size_t)t * (size_t)(nkeys + 1) * (size_t)block;
+        started[t] = 0;
+    }
+    for (int32_t t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
+    run_job(&jobs[0]);
+    for (int32_t t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(ids[t], NULL);
+        else
+            run_job(&jobs[t]); /* no thread to be had: this one runs it */
+    }
+    return 0;
+}
+
+/* 1 when this build uses AVX2 (the vector decode and rounding), else 0 */
+int gw8_vectorised(void) {
+#if defined(__AVX2__)
+    return 1;
+#else
+    return 0;
+#endif
+}

@@ -1,0 +1,289 @@
+"""The native fused 8-bit step: a small C kernel that decodes, updates and re-quantizes one block at a time.
+
+The compiled 8-bit path (`gradwise.core.compiled_state`) lays a bucket's parameters, gradients, codes and block
+scales out as flat buffers. Under `compile=True` (inductor) its step runs here when every transform of the
+chain has a native form (`Transform.native`): the chain becomes a short program of elementwise ops
+(`program`), and `_native8bit.c` runs it over each block of the bucket while the block is in the first-level
+cache: decode every state key (a table look-up and one multiplication), run the ops, zero the padding, take
+each key's absmax, round to the dynamic map (the packed rounding table of `gradwise.state.quantize`). Each
+byte of state is read and written once. inductor's code for the same step re-runs the update to round it
+after the block's maximum is known and loads table entries one vector lane at a time; it took 6-9 times the
+compiled 32-bit step, where this kernel is meant to come close to it (benchmarks/state_speed.py).
+
+The kernel is built on first use with the C compiler that torch.compile already needs on the CPU (`$CC`, else
+`cc`, `gcc`, `clang`), with `-O3 -march=native` (AVX2 gathers where the CPU has them, else plain loops), and
+kept in a cache directory (`$GRADWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/gradwise`, else `~/.cache/gradwise`)
+under a name that hashes the source, the flags, the compiler and the CPU, so a home directory shared by
+different machines never runs a build made for another CPU. Without a compiler (or with
+`GRADWISE_NATIVE_8BIT=0`) the step stays with inductor's generated code, which gives the same codes up to a
+rare one-step difference on the edge between two codes.
+
+Numbers. Decoding reads the same float32 table as eager `dequantize_rows`; rounding divides by the same scale
+and uses the same table and tie rule as `quantize_rows`; non-finite blocks are handled as there. The
+transforms' arithmetic is float32 in the order of their torch kernels, without fused multiply-adds
+(`-ffp-contract=off`); torch's own vectorised kernels contract some of it (lerp), so a parameter may differ
+from eager by an ulp and a state value on the edge between two codes may round one step the other way, as
+with inductor. Only float32 parameters take this path (the flat 8-bit path's rule), on the CPU.
+
+Threads: the bucket's blocks are split over `torch.get_num_threads()` POSIX threads (blocks are independent,
+so the result does not depend on the count).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["OPS", "NativeUnsupported", "available", "build_error", "library", "program", "run_program"]
+
+_SOURCE = Path(__file__).with_name("_native8bit.c")
+_FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
+_NATIVE_FLAGS = ("-march=native",)
+
+# the opcodes of _native8bit.c with the number of state keys each reads or writes
+OPS: dict[str, tuple[int, int]] = {
+    "scale_u": (1, 0),
+    "decay_p": (2, 0),
+    "decay_g": (3, 0),
+    "div_p": (4, 0),
+    "lerp": (5, 1),
+    "second": (6, 1),
+    "belief": (7, 2),
+    "max": (8, 2),
+    "adam_step": (9, 2),
+    "rect_step": (10, 2),
+    "sgd_step": (11, 0),
+    "nesterov": (12, 2),
+    "adan_step": (13, 3),
+    "sign_momentum": (14, 1),
+    "set": (15, 1),
+    "get": (16, 1),
+}
+
+
+MAX_THREADS, MAX_KEYS = 256, 16  # GW_MAX_THREADS, GW_MAX_KEYS of the C source
+
+
+class NativeUnsupported(Exception):
+    """A chain or a layout that the native kernel does not run (the caller keeps inductor's path)."""
+
+
+class _Op(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_int32), ("a", ctypes.c_int32), ("b", ctypes.c_int32), ("c", ctypes.c_int32),
+                ("k", ctypes.c_float * 4)]
+
+
+_build_error: str | None = None
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("GRADWISE_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "gradwise"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cpu_identity() -> str:
+    """What decides which instructions a -march=native build may use."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [line for line in f if line.startswith(("flags", "model name", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compile(compiler: str, flags: Sequence[str], target: Path) -> str | None:
+    """Build the library into `target`; None on success, else the compiler's message."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *flags, str(_SOURCE), "-o", partial], capture_output=True, text=True,
+                              timeout=120, check=False)
+        if done.returncode != 0:
+            return (done.stderr or done.stdout).strip()[-500:] or f"exit status {done.returncode}"
+        os.replace(partial, target)  # atomic: processes building at once each install a whole file
+        return None
+    except (OSError, subprocess.SubprocessError) as error:
+        return str(error)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+@functools.cache
+def library() -> Any | None:
+    """The loaded kernel (ctypes), built on first use; None when it cannot be had (see `build_error`)."""
+    global _build_error
+    if os.environ.get("GRADWISE_NATIVE_8BIT", "1").strip().lower() in ("0", "false", "no", "off"):
+        _build_error = "switched off by GRADWISE_NATIVE_8BIT"
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        _build_error = "no C compiler found ($CC, cc, gcc, clang)"
+        return None
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30,
+                                 check=False).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        _build_error = f"{compiler} --version failed: {error}"
+        return None
+    source = _SOURCE.read_bytes()
+    errors = []
+    for flags in ((*_FLAGS, *_NATIVE_FLAGS), _FLAGS):  # without -march=native where the compiler refuses it
+        digest = hashlib.sha256()
+        for part in (source, repr(flags).encode(), version.encode(), _cpu_identity().encode(),
+                     platform.machine().encode()):
+            digest.update(part)
+        target = _cache_dir() / f"native8bit-{digest.hexdigest()[:20]}.so"
+        if not target.exists():
+            failed = _compile(compiler, flags, target)
+            if failed is not None:
+                errors.append(failed)
+                continue
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError as error:
+            errors.append(str(error))
+            continue
+        lib.gw8_step.restype = ctypes.c_int
+        lib.gw8_step.argtypes = [
+            ctypes.POINTER(_Op), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64,
+            ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+        ]
+        lib.gw8_vectorised.restype = ctypes.c_int
+        lib.gw8_vectorised.argtypes = []
+        return lib
+    _build_error = "; ".join(errors)[-1000:]
+    return None
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def build_error() -> str | None:
+    """Why `library()` is None (after it was asked for), else None."""
+    return _build_error
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise NativeUnsupported("a coefficient that is not a scalar")
+        return float(value)
+    return float(value)
+
+
+def program(chain: Sequence[Any], keys: Sequence[str], t: float) -> Any:
+    """The chain's ops for step `t` as a ctypes array (one `_Op` per op), its state keys mapped to the slots
+    of `keys`; raises NativeUnsupported when a transform has no native form."""
+    ops: list[tuple[int, int, int, int, tuple[float, ...]]] = []
+    slot = {key: i for i, key in enumerate(keys)}
+    for tr in chain:
+        native = getattr(tr, "native", None)
+        if native is None:
+            raise NativeUnsupported("a transform without a native form")
+        name, *names = native
+        if name == "identity":
+            continue
+        if name not in OPS:
+            raise NativeUnsupported(f"unknown native op {name!r}")
+        code, count = OPS[name]
+        if len(names) != count or any(k not in slot for k in names):
+            raise NativeUnsupported(f"native op {name!r}: state keys {names} not in the layout")
+        values = tuple(_number(v) for v in (tr.coefficients(t) if tr.coefficients is not None else ()))
+        if len(values) > 4:
+            raise NativeUnsupported(f"native op {name!r}: more than 4 coefficients")
+        a, b, c = [slot[k] for k in names] + [-1] * (3 - len(names))
+        ops.append((code, a, b, c, (*values, *(0.0,) * (4 - len(values)))))
+    array = (_Op * max(1, len(ops)))()
+    for i, (code, a, b, c, k) in enumerate(ops):
+        array[i].op, array[i].a, array[i].b, array[i].c = code, a, b, c
+        array[i].k[:] = list(k)
+    return array, len(ops)
+
+
+@functools.cache
+def _tables() -> tuple[Tensor, ...]:
+    """(decode unsigned, decode signed, round unsigned, round signed, codec unsigned, codec signed) on the CPU:
+    the 256 code values, the packed rounding tables, and per decade its first midpoint, P_j and Q_j (the
+    kernel's `gw_codec`)."""
+    quantize = importlib.import_module("gradwise.state.quantize")  # the package exports a function of that name
+    cpu = torch.device("cpu")
+    codecs = []
+    for signed in (False, True):
+        _, midpoints = quantize._tables(signed, cpu)
+        positive = midpoints[midpoints > 0]  # between magnitude indices k and k + 1
+        decades = quantize._DECADES[signed]
+        start = [float(positive[int(first) - 1]) for first, _, _ in decades]
+        p = [p for _, p, _ in decades]
+        q = [q for _, _, q in decades]
+        unused = 8 - len(decades)
+        codecs.append(torch.tensor([*start, *[math.inf] * unused, *p, *[math.nan] * unused, *q, *[1.0] * unused],
+                                   dtype=torch.float32))
+    return (quantize._lookup(False, cpu).contiguous(), quantize._lookup(True, cpu).contiguous(),
+            quantize._rounding_table(False, cpu).contiguous(), quantize._rounding_table(True, cpu).contiguous(),
+            *codecs)
+
+
+def run_program(ops: Any, nops: int, param: Tensor, grad: Tensor, codes: Sequence[Tensor],
+                absmax: Sequence[Tensor], signed: Sequence[bool], valid: Tensor, block: int, maximize: bool,
+                threads: int | None = None) -> None:
+    """Run `ops` over flat float32 `param` and `grad` (a whole number of blocks) and the flat uint8 `codes` and
+    float32 `absmax` of each state key, in place; `valid` (int32, one per block) counts each block's values
+    before its padding (0: an empty block, left alone)."""
+    lib = library()
+    if lib is None:
+        raise NativeUnsupported(f"the native 8-bit kernel is not available: {_build_error}")
+    n = param.numel()
+    blocks = n // block
+    for name, tensor, dtype, size in (("param", param, torch.float32, n), ("grad", grad, torch.float32, n),
+                                      ("valid", valid, torch.int32, blocks)):
+        if tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous() \
+                or tensor.numel() != size:
+            raise NativeUnsupported(f"{name}: needs a contiguous {dtype} CPU tensor of {size} values")
+    if blocks * block != n or len(codes) != len(absmax) or len(codes) != len(signed) \
+            or not 1 <= len(codes) <= MAX_KEYS:
+        raise NativeUnsupported("the buffers do not form whole blocks of every key")
+    for c, a in zip(codes, absmax, strict=True):
+        if c.dtype != torch.uint8 or c.numel() != n or not c.is_contiguous() or a.dtype != torch.float32 \
+                or a.numel() != blocks or not a.is_contiguous() or c.device.type != "cpu":
+            raise NativeUnsupported("codes and scales must be contiguous CPU uint8 / float32 buffers")
+    code_ptrs = (ctypes.c_void_p * len(codes))(*(c.data_ptr() for c in codes))
+    scale_ptrs = (ctypes.c_void_p * len(absmax))(*(a.data_ptr() for a in absmax))
+    flags = (ctypes.c_int32 * len(signed))(*(1 if s else 0 for s in signed))
+    tables = _tables()
+    threads = max(1, min(threads if threads is not None else torch.get_num_threads(), MAX_THREADS, blocks // 4))
+    scratch = torch.empty(threads * (len(codes) + 1) * block, dtype=torch.float32)
+    status = lib.gw8_step(ops, nops, param.data_ptr(), grad.data_ptr(), 1 if maximize else 0,
+                          ctypes.cast(code_ptrs, ctypes.c_void_p), ctypes.cast(scale_ptrs, ctypes.c_void_p),
+                          ctypes.cast(flags, ctypes.c_void_p), len(codes), valid.data_ptr(), blocks, block,
+                          *(t.data_ptr() for t in tables), scratch.data_ptr(), threads)
+    if status != 0:
+        raise NativeUnsupported("the native 8-bit kernel refused its arguments")
