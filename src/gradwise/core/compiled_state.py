@@ -276,7 +276,7 @@ def _run_native(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
         return False
     native = _native()
     nkey = (gi, key, signature, layout.keys)
-    if holder.native.get(nkey) is False or native.library() is None:
+    if holder.native.get(nkey) is False or not native.available():
         return False
     try:
         ops, count = native.program(chain, [k for k, _ in layout.keys], layout.t + 1)

@@ -48,7 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["OPS", "NativeUnsupported", "available", "build_error", "library", "program", "run_program"]
+__all__ = ["OPS", "NativeUnsupported", "available", "build_error", "library", "load", "program", "run_program",
+           "set_enabled"]
 
 _SOURCE = Path(__file__).with_name("_native8bit.c")
 _FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
@@ -88,6 +89,7 @@ class _Op(ctypes.Structure):
 
 
 _build_error: str | None = None
+_enabled = True
 
 
 def _cache_dir() -> Path:
@@ -134,57 +136,76 @@ def _compile(compiler: str, flags: Sequence[str], target: Path) -> str | None:
             os.unlink(partial)
 
 
-@functools.cache
-def library() -> Any | None:
-    """The loaded kernel (ctypes), built on first use; None when it cannot be had (see `build_error`)."""
-    global _build_error
-    if os.environ.get("GRADWISE_NATIVE_8BIT", "1").strip().lower() in ("0", "false", "no", "off"):
-        _build_error = "switched off by GRADWISE_NATIVE_8BIT"
-        return None
+def load(flags: Sequence[str]) -> tuple[Any | None, str | None]:
+    """(the kernel built with `flags` and loaded through ctypes, None) or (None, why not). Builds into the cache
+    directory unless a build with the same source, flags, compiler and CPU is there."""
     compiler = _compiler()
     if compiler is None:
-        _build_error = "no C compiler found ($CC, cc, gcc, clang)"
-        return None
+        return None, "no C compiler found ($CC, cc, gcc, clang)"
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30,
                                  check=False).stdout
     except (OSError, subprocess.SubprocessError) as error:
-        _build_error = f"{compiler} --version failed: {error}"
-        return None
-    source = _SOURCE.read_bytes()
-    errors = []
-    for flags in ((*_FLAGS, *_NATIVE_FLAGS), _FLAGS):  # without -march=native where the compiler refuses it
-        digest = hashlib.sha256()
-        for part in (source, repr(flags).encode(), version.encode(), _cpu_identity().encode(),
-                     platform.machine().encode()):
-            digest.update(part)
-        target = _cache_dir() / f"native8bit-{digest.hexdigest()[:20]}.so"
-        if not target.exists():
-            failed = _compile(compiler, flags, target)
-            if failed is not None:
-                errors.append(failed)
-                continue
+        return None, f"{compiler} --version failed: {error}"
+    digest = hashlib.sha256()
+    for part in (_SOURCE.read_bytes(), repr(tuple(flags)).encode(), compiler.encode(), version.encode(),
+                 _cpu_identity().encode(), platform.machine().encode()):
+        digest.update(part)
+    target = _cache_dir() / f"native8bit-{digest.hexdigest()[:20]}.so"
+    if not target.exists():
         try:
-            lib = ctypes.CDLL(str(target))
-        except OSError as error:
-            errors.append(str(error))
-            continue
-        lib.gw8_step.restype = ctypes.c_int
-        lib.gw8_step.argtypes = [
-            ctypes.POINTER(_Op), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64,
-            ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
-        ]
-        lib.gw8_vectorised.restype = ctypes.c_int
-        lib.gw8_vectorised.argtypes = []
-        return lib
+            failed = _compile(compiler, flags, target)
+        except OSError as error:  # the cache directory cannot be made
+            failed = str(error)
+        if failed is not None:
+            return None, failed
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as error:
+        return None, str(error)
+    lib.gw8_step.restype = ctypes.c_int
+    lib.gw8_step.argtypes = [
+        ctypes.POINTER(_Op), ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64,
+        ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32,
+    ]
+    lib.gw8_vectorised.restype = ctypes.c_int
+    lib.gw8_vectorised.argtypes = []
+    return lib, None
+
+
+@functools.cache
+def library() -> Any | None:
+    """The kernel (ctypes), built on first use with -march=native (without it where the compiler refuses);
+    None when it cannot be had (`build_error` says why) or is switched off (GRADWISE_NATIVE_8BIT=0)."""
+    global _build_error
+    if os.environ.get("GRADWISE_NATIVE_8BIT", "1").strip().lower() in ("0", "false", "no", "off"):
+        _build_error = "switched off by GRADWISE_NATIVE_8BIT"
+        return None
+    errors = []
+    for flags in ((*_FLAGS, *_NATIVE_FLAGS), _FLAGS):
+        lib, error = load(flags)
+        if lib is not None:
+            _build_error = None
+            return lib
+        errors.append(str(error))
     _build_error = "; ".join(errors)[-1000:]
     return None
 
 
+def set_enabled(flag: bool) -> bool:
+    """Let the compiled 8-bit step use the native kernel (True, the default) or keep inductor's generated code
+    (False), for this process; returns the previous setting. The two give the same codes up to a rare one-step
+    difference (see the module's docstring)."""
+    global _enabled
+    previous, _enabled = _enabled, bool(flag)
+    return previous
+
+
 def available() -> bool:
-    return library() is not None
+    """Whether the compiled 8-bit step runs on the native kernel: enabled, and the kernel builds here."""
+    return _enabled and library() is not None
 
 
 def build_error() -> str | None:
@@ -254,11 +275,11 @@ def _tables() -> tuple[Tensor, ...]:
 
 def run_program(ops: Any, nops: int, param: Tensor, grad: Tensor, codes: Sequence[Tensor],
                 absmax: Sequence[Tensor], signed: Sequence[bool], valid: Tensor, block: int, maximize: bool,
-                threads: int | None = None) -> None:
+                threads: int | None = None, lib: Any = None) -> None:
     """Run `ops` over flat float32 `param` and `grad` (a whole number of blocks) and the flat uint8 `codes` and
     float32 `absmax` of each state key, in place; `valid` (int32, one per block) counts each block's values
-    before its padding (0: an empty block, left alone)."""
-    lib = library()
+    before its padding (0: an empty block, left alone). `lib`: a kernel from `load` instead of `library()`."""
+    lib = library() if lib is None else lib
     if lib is None:
         raise NativeUnsupported(f"the native 8-bit kernel is not available: {_build_error}")
     n = param.numel()

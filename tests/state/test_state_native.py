@@ -1,0 +1,327 @@
+"""The native fused 8-bit step (gradwise.state.native, _native8bit.c).
+
+Its decoding and rounding are checked bit for bit against the eager quantizer (`quantize_rows`,
+`dequantize_rows`) on every code and on adversarial values (ties between codes, one float32 step either side,
+zeros of both signs, non-finite blocks, every decade), through the kernel's test ops "set" (s <- u) and "get"
+(p <- s). The vector build is compared bit for bit with a build without -march=native (the scalar code), and
+runs with several threads with one thread. Whole optimizers under compile=True take the kernel (no inductor
+compile) and stay with the eager 8-bit step up to the rare one-step code difference that inductor's code
+also shows; a resumed native run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import gradwise as gw
+import gradwise.state  # noqa: F401  (registers state_bits)
+from checkpoint_io import roundtrip
+from gradwise.core import compiled_state
+from gradwise.core.engine import hyper_parameters
+from gradwise.state import native
+
+quantize = importlib.import_module("gradwise.state.quantize")  # the package exports a function of that name
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not native.available(), reason=f"native kernel not built: {native.build_error()}"),
+]
+
+
+def op(name, *keys, coefficients=()):
+    """A stand-in transform that carries only a native form."""
+    return SimpleNamespace(native=(name, *keys), coefficients=lambda t: coefficients)
+
+
+def native_round(rows, signed, valid=None, lib=None, threads=1):
+    """Codes and scales of float32 `rows` (blocks, block) by the kernel: s <- u, then the block's re-quantization."""
+    blocks, block = rows.shape
+    codes = torch.full((blocks * block,), 127 if signed else 0, dtype=torch.uint8)
+    absmax = torch.zeros(blocks)
+    valid = torch.full((blocks,), block, dtype=torch.int32) if valid is None else valid
+    ops, count = native.program([op("set", "s")], ["s"], 1)
+    native.run_program(ops, count, torch.zeros(blocks * block), rows.reshape(-1).contiguous(), [codes], [absmax],
+                       [signed], valid, block, maximize=False, threads=threads, lib=lib)
+    return codes.view(blocks, block), absmax
+
+
+def native_decode(codes, absmax, signed, lib=None):
+    """The kernel's decoded values of (blocks, block) codes: p <- s."""
+    blocks, block = codes.shape
+    param = torch.zeros(blocks * block)
+    ops, count = native.program([op("get", "s")], ["s"], 1)
+    native.run_program(ops, count, param, torch.zeros(blocks * block), [codes.reshape(-1).clone()], [absmax.clone()],
+                       [signed], torch.full((blocks,), block, dtype=torch.int32), block, maximize=False, lib=lib)
+    return param.view(blocks, block)
+
+
+def adversarial(signed, block):
+    """Blocks of values that probe the rounding: every code, every tie and the float32 numbers either side of
+    it, random values in every decade; each block holds 1.0 so that its values are the normalized ones."""
+    values, midpoints = quantize._tables(signed, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    up, down = torch.tensor(2.0), torch.tensor(-2.0)
+    x = torch.cat([
+        values, midpoints, -midpoints,
+        torch.nextafter(midpoints, up), torch.nextafter(midpoints, down),
+        -torch.nextafter(midpoints, up), -torch.nextafter(midpoints, down),
+        torch.rand(20_000, generator=g) * 2 - 1,
+        (torch.rand(20_000, generator=g) * 2 - 1) * torch.logspace(-12, 0, 20_000),
+        torch.tensor([0.0, -0.0, 1e-45, -1e-45, 5e-8, -5e-8, 4.9e-8, 2.0**-30, 2.0**-31]),
+    ]).clamp(-1.0, 1.0)
+    per_block = block - 1
+    x = torch.cat([x, torch.zeros(-len(x) % per_block)]).view(-1, per_block)
+    return torch.cat([torch.ones(len(x), 1), x], dim=1)  # absmax 1 in every block
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("block", [256, 100, 7])  # 100 and 7: the scalar tail after the 16-value vectors
+def test_rounding_gives_the_eager_codes_and_scales_bit_for_bit(signed, block):
+    rows = adversarial(signed, block)
+    for scale in (1.0, 3.7, 2.0**-20):  # exact ties at 1; at other scales the division moves them
+        x = rows * scale
+        codes, absmax = native_round(x, signed)
+        expected_codes, expected_absmax = quantize.quantize_rows(x, signed)
+        assert torch.equal(absmax, expected_absmax)
+        assert torch.equal(codes, expected_codes), int((codes != expected_codes).sum())
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_zero_constant_and_non_finite_blocks_round_as_eager(signed):
+    block = 32
+    nan, inf = float("nan"), float("inf")
+    rows = torch.randn(8, block, generator=torch.Generator().manual_seed(2))
+    rows[0] = 0.0
+    rows[1] = -0.0
+    rows[2] = 0.25  # constant
+    rows[3, 5] = nan
+    rows[4, 0] = inf
+    rows[5, 31] = -inf
+    rows[6, 3], rows[6, 4] = inf, -inf
+    rows[7] = -rows[7].abs()  # all negative: unsigned codes are all 0, its absmax is still taken
+    codes, absmax = native_round(rows, signed)
+    expected_codes, expected_absmax = quantize.quantize_rows(rows, signed)
+    assert torch.equal(absmax.isnan(), expected_absmax.isnan()) and absmax[3:7].isnan().all()
+    assert torch.equal(absmax.nan_to_num(), expected_absmax.nan_to_num())
+    assert torch.equal(codes, expected_codes)
+
+
+def test_the_padding_of_a_block_rounds_as_zero():
+    rows = torch.randn(3, 64, generator=torch.Generator().manual_seed(3)) * 5
+    valid = torch.tensor([64, 10, 0], dtype=torch.int32)  # the last block is empty: left alone
+    codes, absmax = native_round(rows, True, valid=valid)
+    expected = rows.clone()
+    expected[1, 10:] = 0
+    expected_codes, expected_absmax = quantize.quantize_rows(expected[:2], True)
+    assert torch.equal(codes[:2], expected_codes) and torch.equal(absmax[:2], expected_absmax)
+    assert (codes[2] == 127).all() and absmax[2] == 0  # as it was
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_decoding_every_code_gives_the_eager_values(signed):
+    codes = torch.arange(256, dtype=torch.uint8).repeat(4).view(4, 256)
+    absmax = torch.tensor([1.0, 0.37, 3e5, 1e-30])
+    decoded = native_decode(codes, absmax, signed)
+    expected = quantize.dequantize_rows(codes, absmax, signed)
+    assert torch.equal(decoded.isnan(), expected.isnan())  # the signed map's unused code 255
+    assert torch.equal(decoded.nan_to_num(), expected.nan_to_num())
+
+
+def test_the_vector_build_equals_the_portable_build_bit_for_bit():
+    portable, error = native.load(native._FLAGS)  # without -march=native: plain C loops, no AVX2
+    assert portable is not None, error
+    vector = native.library()
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        has_avx2 = " avx2" in f.read()
+    assert vector.gw8_vectorised() == int(has_avx2)  # on such a CPU the tests above ran the vector code
+    for signed in (True, False):
+        rows = adversarial(signed, 256) * 0.9
+        a, b = native_round(rows, signed, lib=vector), native_round(rows, signed, lib=portable)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        codes = torch.randint(0, 256, (16, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+        scales = torch.rand(16) + 0.1
+        x, y = native_decode(codes, scales, signed, lib=vector), native_decode(codes, scales, signed, lib=portable)
+        assert torch.equal(x.nan_to_num(), y.nan_to_num())
+
+
+def test_a_step_does_not_depend_on_the_number_of_threads():
+    blocks, block = 40, 128
+    g = torch.Generator().manual_seed(5)
+    grad = torch.randn(blocks * block, generator=g)
+    start = torch.randn(blocks * block, generator=g)
+    m_codes, m_scale = quantize.quantize(torch.randn(blocks * block, generator=g) * 0.1, block, True)
+    v_codes, v_scale = quantize.quantize(torch.rand(blocks * block, generator=g) * 0.01, block, False)
+    adamw = gw.create("adamw", [torch.zeros(1, requires_grad=True)], lr=1e-2, weight_decay=0.1)
+    chain = adamw.chain(hyper_parameters(adamw.param_groups[0]))
+    ops, count = native.program(chain, ["exp_avg", "exp_avg_sq"], 3)
+    results = []
+    for threads in (1, 3, 8):
+        p, mc, ms, vc, vs = start.clone(), m_codes.clone(), m_scale.clone(), v_codes.clone(), v_scale.clone()
+        native.run_program(ops, count, p, grad, [mc, vc], [ms, vs], [True, False],
+                           torch.full((blocks,), block, dtype=torch.int32), block, maximize=False, threads=threads)
+        results.append((p, mc, ms, vc, vs))
+    assert not torch.equal(results[0][0], start)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+CONFIGS = [
+    ("adamw", {}),
+    ("adamw", dict(amsgrad=True)),
+    ("adamw", dict(maximize=True)),
+    ("adamw", dict(weight_decay=0.0)),
+    ("adam", dict(weight_decay=0.1)),  # the L2 penalty: u + wd p
+    ("adabelief", {}),
+    ("adabelief", dict(rectify=True)),
+    ("adabelief", dict(rectify=False, amsgrad=True)),
+    ("adan", {}),
+    ("adan", dict(no_prox=True)),
+    ("adan", dict(max_grad_norm=0.5)),
+    ("lion", {}),
+]
+SHAPES = [(40, 30), (1000,), (7,), (333, 3), (256,)]
+EIGHT_BIT = dict(state_bits=8, state_block=64, state_min_size=200)
+
+
+def parameters(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g).requires_grad_() for s in SHAPES]
+
+
+def run(opt, params, steps, start=0):
+    for k in range(start, start + steps):
+        opt.zero_grad()
+        sum((torch.sin(p * (1 + (k + i) % 3)) * p).sum() for i, p in enumerate(params)).backward()
+        opt.step()
+
+
+@pytest.fixture
+def native_calls(monkeypatch):
+    calls = []
+    real = native.run_program
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(native, "run_program", counted)
+    return calls
+
+
+def holder(opt):
+    return getattr(opt._compiled, "_gradwise_quantized", None)
+
+
+@pytest.mark.parametrize(("name", "extra"), CONFIGS, ids=[f"{n}-{'-'.join(e) or 'default'}" for n, e in CONFIGS])
+def test_compiled_8_bit_optimizers_run_the_kernel_and_follow_the_eager_step(name, extra, native_calls):
+    lr = 1e-3 if name == "lion" else 1e-2
+    kwargs = dict(lr=lr, **EIGHT_BIT, **({"weight_decay": 0.1} | extra))
+    eager_params, flat_params = parameters(), parameters()
+    eager = gw.create(name, eager_params, **kwargs)
+    flat = gw.create(name, flat_params, compile=True, **kwargs)
+    differing = total = 0
+    for k in range(12):  # each step from the same state: the comparison does not compound
+        run(flat, flat_params, 1, start=k)
+        run(eager, eager_params, 1, start=k)
+        for p, q in zip(eager_params, flat_params, strict=True):
+            assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), (k, float((p - q).abs().max()))
+            for key, value in eager.state[p].items():
+                other = flat.state[q][key]
+                if value.dtype == torch.uint8:
+                    step_apart = (value.int() - other.int()).abs()
+                    assert int(step_apart.max()) <= 1, key
+                    differing += int((step_apart > 0).sum())
+                    total += value.numel()
+                else:
+                    assert torch.allclose(value, other, rtol=1e-5, atol=1e-7), key
+        eager.load_state_dict(roundtrip(flat.state_dict()))
+        with torch.no_grad():
+            for p, q in zip(eager_params, flat_params, strict=True):
+                p.copy_(q)
+    assert len(native_calls) == 12  # one call a step for the bucket
+    assert not holder(flat).functions  # nothing was compiled by inductor
+    assert total > 0 and differing <= max(2, total // 1000)
+
+
+def test_a_resumed_native_run_repeats_an_uninterrupted_one_exactly():
+    straight_params, resumed_params = parameters(), parameters()
+    straight = gw.create("adan", straight_params, lr=1e-2, compile=True, **EIGHT_BIT)
+    first = gw.create("adan", resumed_params, lr=1e-2, compile=True, **EIGHT_BIT)
+    run(straight, straight_params, 15)
+    run(first, resumed_params, 8)
+    saved = roundtrip(first.state_dict())
+    second = gw.create("adan", resumed_params, lr=1e-2, compile=True, **EIGHT_BIT)
+    second.load_state_dict(saved)
+    run(second, resumed_params, 7, start=8)
+    for p, q in zip(straight_params, resumed_params, strict=True):
+        assert torch.equal(p, q)
+        for key, value in straight.state[p].items():
+            assert torch.equal(value, second.state[q][key]), key
+
+
+def test_a_chain_without_a_native_form_keeps_inductors_path(monkeypatch, native_calls):
+    # ADOPT's transforms have no native op: the kernel is not used, the compiled function is (run uncompiled
+    # here: torch.compile is replaced by the identity, so that the test needs no inductor build)
+    monkeypatch.setattr(compiled_state.torch, "compile", lambda fn, **kwargs: fn)
+    params = parameters()
+    opt = gw.create("adopt", params, lr=1e-2, compile=True, **EIGHT_BIT)
+    with pytest.raises(native.NativeUnsupported, match="without a native form"):
+        native.program(opt.chain(hyper_parameters(opt.param_groups[0])), ["exp_avg", "exp_avg_sq"], 1)
+    run(opt, params, 2)
+    assert not native_calls and holder(opt).functions and set(holder(opt).native.values()) == {False}
+
+
+def test_switched_off_the_compiled_step_uses_inductors_code(monkeypatch, native_calls):
+    monkeypatch.setattr(compiled_state.torch, "compile", lambda fn, **kwargs: fn)
+    previous = native.set_enabled(False)
+    try:
+        assert not native.available()
+        eager_params, flat_params = parameters(), parameters()
+        eager = gw.create("adamw", eager_params, lr=1e-2, **EIGHT_BIT)
+        flat = gw.create("adamw", flat_params, lr=1e-2, compile=True, **EIGHT_BIT)
+        run(eager, eager_params, 3)
+        run(flat, flat_params, 3)
+    finally:
+        native.set_enabled(previous)
+    assert not native_calls and holder(flat).functions
+    for p, q in zip(eager_params, flat_params, strict=True):  # the uncompiled function is the eager arithmetic
+        assert torch.equal(p, q)
+
+
+def test_the_kernel_is_built_once_into_the_cache_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADWISE_CACHE_DIR", str(tmp_path))
+    lib, error = native.load(native._FLAGS)
+    assert lib is not None, error
+    (built,) = tmp_path.glob("native8bit-*.so")
+    stamp = built.stat().st_mtime_ns
+    again, _ = native.load(native._FLAGS)
+    assert again is not None and built.stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1
+
+
+def test_without_a_compiler_the_kernel_is_missing_and_says_why(monkeypatch):
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    lib, error = native.load(native._FLAGS)
+    assert lib is None and "no C compiler" in error
+    native.library.cache_clear()
+    try:
+        assert native.library() is None and "no C compiler" in native.build_error()
+        assert not native.available()
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()
+    assert native.available() and native.build_error() is None
+
+
+def test_a_program_refuses_unknown_ops_missing_keys_and_too_many_coefficients():
+    with pytest.raises(native.NativeUnsupported, match="without a native form"):
+        native.program([SimpleNamespace(native=None, coefficients=None)], ["s"], 1)
+    with pytest.raises(native.NativeUnsupported, match="unknown native op"):
+        native.program([op("nope")], ["s"], 1)
+    with pytest.raises(native.NativeUnsupported, match="not in the layout"):
+        native.program([op("lerp", "exp_avg")], ["s"], 1)
+    with pytest.raises(native.NativeUnsupported, match="more than 4"):
+        native.program([op("decay_p", coefficients=(1.0,) * 5)], ["s"], 1)
