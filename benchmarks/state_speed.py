@@ -4,16 +4,20 @@ Per optimizer and shape (count tensors x size float32 elements, fixed gradients)
 (round-robin, so that load from other processes hits all alike), the median of --repeats steps after the
 warm-up steps (the first of which compiles):
   compiled-32   compile=True, 32-bit state: the flat path (one inductor call per bucket)
-  compiled-8    compile=True, state_bits=8: the flat 8-bit path (gradwise.core.compiled_state): one call that
-                dequantizes, runs the chain and quantizes again over the whole bucket
+  compiled-8    compile=True, state_bits=8: the flat 8-bit path (gradwise.core.compiled_state) on the native
+                fused kernel (gradwise.state.native: decode, chain, re-quantize per block in cache), one call
+                over the whole bucket; inductor's code where the kernel does not build (the header says which)
+  inductor-8    the same with the native kernel switched off (`native.set_enabled(False)`): the inductor-compiled
+                function that dequantizes, runs the chain and quantizes again
   eager-32      compile=False, 32-bit state
   eager-8       compile=False, state_bits=8 (per tensor: dequantize, chain, quantize)
   fused         torch.optim.AdamW(fused=True), the same reference for every row
   bnb-8         bitsandbytes' AdamW8bit (its CPU path; the same lr, betas, decay and 4096-value minimum, its own
                 fixed blocks of 256), on the adamw rows only and where bitsandbytes imports: the peer 8-bit
                 optimizer, "-" otherwise
-ratio = compiled-8 / compiled-32, from the same run (the issue's target: <= 1.5). --clock cpu times each step
-by this thread's CPU time (with --threads 1 it leaves out the waits for a core on a loaded machine).
+ratio = compiled-8 / compiled-32, from the same run (the issue's target: <= 1.5); "ind/32" = inductor-8 /
+compiled-32. --clock cpu times each step by this thread's CPU time (with --threads 1 it leaves out the waits for
+a core on a loaded machine); it is refused with more threads, whose work it would not count.
 Defaults of each optimizer (state_block=2048, state_min_size=4096), lr=1e-3, weight_decay=0.01,
 nonfinite="skip" (the default).
 
@@ -36,13 +40,14 @@ import torch
 
 import gradwise
 import gradwise.state  # noqa: F401  (registers state_bits)
+from gradwise.state import native
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling script, also when loaded by path
 from compiled_step import make_params  # noqa: E402  (the same parameters and gradients as compiled_step.py)
 
 SHAPES = {"100x100k": (100, 100_000), "10x1M": (10, 1_000_000), "20x100k": (20, 100_000), "tiny": (3, 5_000)}
 OPTIMIZERS = ("adamw", "adabelief", "adan")
-CONTENDERS = ("compiled-32", "compiled-8", "eager-32", "eager-8", "fused", "bnb-8")
+CONTENDERS = ("compiled-32", "compiled-8", "inductor-8", "eager-32", "eager-8", "fused", "bnb-8")
 
 
 def bnb_adamw8bit(params: list[torch.Tensor]) -> torch.optim.Optimizer | None:
@@ -55,6 +60,19 @@ def bnb_adamw8bit(params: list[torch.Tensor]) -> torch.optim.Optimizer | None:
     return bnb.optim.AdamW8bit(params, lr=1e-3, weight_decay=1e-2, min_8bit_size=4096)
 
 
+def without_native(step: Callable[[], object]) -> Callable[[], object]:
+    """`step` with the native 8-bit kernel switched off while it runs: inductor's generated code."""
+
+    def run() -> object:
+        previous = native.set_enabled(False)
+        try:
+            return step()
+        finally:
+            native.set_enabled(previous)
+
+    return run
+
+
 def contenders(name: str, count: int, size: int, backend: str = "inductor") -> dict[str, Callable[[], object]]:
     def make(**extra: Any) -> Callable[[], object]:
         return gradwise.create(name, make_params(count, size), lr=1e-3, weight_decay=1e-2, **extra).step
@@ -62,6 +80,7 @@ def contenders(name: str, count: int, size: int, backend: str = "inductor") -> d
     steps = {
         "compiled-32": make(compile=backend),
         "compiled-8": make(compile=backend, state_bits=8),
+        "inductor-8": without_native(make(compile=backend, state_bits=8)),
         "eager-32": make(),
         "eager-8": make(state_bits=8),
         "fused": torch.optim.AdamW(make_params(count, size), lr=1e-3, fused=True).step,
@@ -96,21 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled rows")
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu counts only this thread's time: use it with --threads 1")
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
     began = time.time()
     print(f"torch {torch.__version__}, threads {args.threads}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; ms of {args.clock} time per step "
           f"(median of {args.repeats}, round-robin)")
-    print(f"{'optimizer':>10} {'shape':>9} " + " ".join(f"{c:>11}" for c in CONTENDERS) + f" {'8/32 comp':>9}")
+    kernel = "native kernel" if native.available() else f"inductor (native kernel missing: {native.build_error()})"
+    print(f"compiled-8 runs on: {kernel}")
+    print(f"{'optimizer':>10} {'shape':>9} " + " ".join(f"{c:>11}" for c in CONTENDERS)
+          + f" {'8/32 comp':>9} {'ind/32':>7}")
     for name in args.optimizers.split(","):
         for shape in args.shapes.split(","):
             count, size = SHAPES[shape]
             medians = time_steps(contenders(name, count, size, args.backend), args.repeats, args.warmup, clock)
             ms = {k: v * 1e3 for k, v in medians.items()}
             ratio = ms["compiled-8"] / ms["compiled-32"]
+            inductor_ratio = ms["inductor-8"] / ms["compiled-32"]
             cells = " ".join(f"{ms[c]:11.2f}" if c in ms else f"{'-':>11}" for c in CONTENDERS)
-            print(f"{name:>10} {shape:>9} {cells} {ratio:9.2f}", flush=True)
+            print(f"{name:>10} {shape:>9} {cells} {ratio:9.2f} {inductor_ratio:7.2f}", flush=True)
     print(f"took {time.time() - began:.0f} s; load average now {os.getloadavg()[0]:.1f}")
     return 0
 

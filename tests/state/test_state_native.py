@@ -91,6 +91,17 @@ def test_rounding_gives_the_eager_codes_and_scales_bit_for_bit(signed, block):
 
 
 @pytest.mark.parametrize("signed", [True, False])
+def test_a_million_random_values_round_as_eager(signed):
+    # every block its own scale and spread: heavy tails put values in every decade
+    g = torch.Generator().manual_seed(6)
+    rows = torch.randn(4096, 256, generator=g) ** 3 * torch.logspace(-20, 20, 4096).view(-1, 1)
+    codes, absmax = native_round(rows, signed)
+    expected_codes, expected_absmax = quantize.quantize_rows(rows, signed)
+    assert torch.equal(absmax, expected_absmax)
+    assert torch.equal(codes, expected_codes), int((codes != expected_codes).sum())
+
+
+@pytest.mark.parametrize("signed", [True, False])
 def test_zero_constant_and_non_finite_blocks_round_as_eager(signed):
     block = 32
     nan, inf = float("nan"), float("inf")

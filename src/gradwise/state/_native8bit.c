@@ -87,6 +87,9 @@ typedef struct {
 #define GW_LOWEST ((127 - 30) << 8)
 #define GW_BUCKETS ((30 + 1) << 8)
 #define GW_SIGNED_ZERO 127
+#ifndef GW_COUNT_SLOW
+#define GW_COUNT_SLOW
+#endif
 
 
 static void decode_row(const uint8_t *codes, const float *table, const gw_codec *codec, int is_signed,
@@ -168,49 +171,54 @@ static inline int32_t round_one(float x, const int32_t *table, int is_signed) {
 }
 
 /* Rounding to the nearest code without a table look-up, for the values of a block whose absmax is finite and
-   positive (so that every |x| / absmax is in [0, 1]; other blocks take the table's rule, `round_one`). The
-   decade is found by a binary search over the decades' exact float32 starts (a value on a start goes to the
-   smaller magnitude if positive, to the larger if negative: the table's ties); inside decade j the codes are
-   evenly spaced, so the index is round((a Q_j - P_j) / 9) in float32, whose error is below 1e-4 of a step.
-   A value within 1/2048 of a step from a midpoint takes the table's rule instead (about 1 value in 1000), so
-   the codes are those of `quantize_rows` exactly. */
+   positive (other blocks take the table's rule, `round_one`). Each value is scaled by the reciprocal of the
+   absmax (within 2 ulp of the division that eager quantization does). The decade j is found by a binary search
+   over the decades' float32 starts (the midpoints between decades); inside it the codes are evenly spaced, so
+   the magnitude index is floor(a A_j + B_j), A_j = Q_j / 9, B_j = 1/2 - P_j / 9, in float32. The decades' grids
+   join: in decade j's coordinates a + 1/2 is an integer at its own start and at the next decade's, so a value
+   near any tie, between codes or between decades, lies near an integer. A value within 1/2048 of a step of one
+   (about 1 in 1000; the arithmetic errs by less than 1e-4 of a step) takes the table's rule on the exact
+   quotient instead, so the codes are those of `quantize_rows` exactly. Decade 0 holds only the magnitude index
+   1; its map puts its two starts on 1 and 2, so that index 0 (the code 0) comes out below the first. */
 #if defined(__AVX2__)
 typedef struct {
-    __m256 start4, start, p, q, ninth, half, near, start0;
-    __m256i low, high, abs_mask, ione, two, four, signed_zero;
+    __m256 start4, start, slope, offset, near;
+    __m256i high, abs_mask, ione, two, four;
 } gw_rounder;
 
-static gw_rounder make_rounder(const gw_codec *codec, int is_signed) {
+static gw_rounder make_rounder(const gw_codec *codec) {
     gw_rounder r;
+    float slope[8], offset[8];
     r.start4 = _mm256_set1_ps(codec->start[4]);
     r.start = _mm256_loadu_ps(codec->start);
-    r.start0 = _mm256_set1_ps(codec->start[0]);
-    r.p = _mm256_loadu_ps(codec->p);
-    r.q = _mm256_loadu_ps(codec->q);
-    r.ninth = _mm256_set1_ps(1.0f / 9.0f);
-    r.half = _mm256_set1_ps(0.5f);
+    for (int d = 0; d < 8; d++) {
+        slope[d] = codec->q[d] / 9.0f;
+        offset[d] = 0.5f - codec->p[d] / 9.0f;
+    }
+    slope[0] = 1.0f / (codec->start[1] - codec->start[0]);
+    offset[0] = 1.0f - codec->start[0] * slope[0];
+    r.slope = _mm256_loadu_ps(slope);
+    r.offset = _mm256_loadu_ps(offset);
     r.near = _mm256_set1_ps((1.0f / 2048.0f) * (1.0f / 2048.0f));
     /* decade j holds the magnitude indices [2^j, 2^(j+1)); the signed map's unused eighth decade is never chosen */
-    r.low = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     r.high = _mm256_setr_epi32(1, 3, 7, 15, 31, 63, 127, 255);
     r.abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
     r.ione = _mm256_set1_epi32(1);
     r.two = _mm256_set1_epi32(2);
     r.four = _mm256_set1_epi32(4);
-    r.signed_zero = _mm256_set1_epi32(is_signed ? GW_SIGNED_ZERO : 0);
     return r;
 }
 
-/* 8 codes of normalized values v (in [-1, 1], or [0, 1] unsigned); `*slow` gets the lanes near a midpoint */
-static inline __m256i round8(const gw_rounder *r, __m256 v, int is_signed, int *slow) {
-    __m256i bits = _mm256_castps_si256(v), sign = _mm256_setzero_si256();
+/* The magnitude indices of 8 scaled values v (about [-1, 1], or [0, 1] unsigned), their signs (-1 or 0) in
+   `*sign`, the lanes near a tie in `*slow` */
+static inline __m256i round8(const gw_rounder *r, __m256 v, int is_signed, __m256i *sign, int *slow) {
     __m256 a = v;
     if (is_signed) {
-        sign = _mm256_srai_epi32(bits, 31);
-        /* |v|, one ulp up for negative values: a >= t is then a' > t (their ties go to the larger magnitude) */
-        a = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_and_si256(bits, r->abs_mask), sign));
+        __m256i bits = _mm256_castps_si256(v);
+        *sign = _mm256_srai_epi32(bits, 31);
+        a = _mm256_castsi256_ps(_mm256_and_si256(bits, r->abs_mask));
     }
-    /* the decade: binary search over the 8 starts (start[j] <= a < start[j + 1] up to the ties) */
+    /* the decade: binary search over the 8 starts */
     __m256i j = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(a, r->start4, _CMP_GT_OQ)), r->four);
     __m256i probe = _mm256_add_epi32(j, r->two);
     j = _mm256_add_epi32(j, _mm256_and_si256(_mm256_castps_si256(
@@ -218,18 +226,12 @@ static inline __m256i round8(const gw_rounder *r, __m256 v, int is_signed, int *
     probe = _mm256_add_epi32(j, r->ione);
     j = _mm256_add_epi32(j, _mm256_and_si256(_mm256_castps_si256(
         _mm256_cmp_ps(a, _mm256_permutevar8x32_ps(r->start, probe), _CMP_GT_OQ)), r->ione));
-    __m256 shifted = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(a, _mm256_permutevar8x32_ps(r->q, j)),
-                                                               _mm256_permutevar8x32_ps(r->p, j)), r->ninth), r->half);
+    __m256 shifted = _mm256_add_ps(_mm256_mul_ps(a, _mm256_permutevar8x32_ps(r->slope, j)),
+                                   _mm256_permutevar8x32_ps(r->offset, j));
     __m256 d = _mm256_sub_ps(shifted, _mm256_round_ps(shifted, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     *slow = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_mul_ps(d, d), r->near, _CMP_LT_OQ));
-    __m256i index = _mm256_cvttps_epi32(shifted); /* floor: shifted > 0 */
-    index = _mm256_min_epi32(_mm256_max_epi32(index, _mm256_permutevar8x32_epi32(r->low, j)),
-                             _mm256_permutevar8x32_epi32(r->high, j));
-    /* at or below the first decade's start: the code 0 */
-    index = _mm256_and_si256(index, _mm256_castps_si256(_mm256_cmp_ps(a, r->start0, _CMP_GT_OQ)));
-    if (is_signed) /* 127 - index for negative values, 127 + index */
-        index = _mm256_add_epi32(_mm256_sub_epi32(_mm256_xor_si256(index, sign), sign), r->signed_zero);
-    return index;
+    /* floor (shifted >= 0); the top of a decade is 2.5 of its steps below the next one's start: bounded */
+    return _mm256_min_epi32(_mm256_cvttps_epi32(shifted), _mm256_permutevar8x32_epi32(r->high, j));
 }
 #endif
 
@@ -243,21 +245,29 @@ static void encode_row(const float *x, float absmax, const int32_t *table, const
     const float scale = absmax > 0.0f ? absmax : 1.0f; /* NaN > 0 is false: a non-finite block has scale 1 */
 #if defined(__AVX2__)
     if (absmax > 0.0f) { /* finite: every x / absmax is in [-1, 1] */
-        const gw_rounder r = make_rounder(codec, is_signed);
-        const __m256 s = _mm256_set1_ps(scale), zero = _mm256_setzero_ps();
+        const gw_rounder r = make_rounder(codec);
+        const __m256 inverse = _mm256_set1_ps(1.0f / scale), zero = _mm256_setzero_ps();
+        const __m256i signed_zero = _mm256_set1_epi16(GW_SIGNED_ZERO);
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0);
         for (; i + 16 <= n; i += 16) {
-            __m256 v0 = _mm256_div_ps(_mm256_loadu_ps(x + i), s), v1 = _mm256_div_ps(_mm256_loadu_ps(x + i + 8), s);
+            __m256 v0 = _mm256_mul_ps(_mm256_loadu_ps(x + i), inverse);
+            __m256 v1 = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inverse);
             if (!is_signed) { /* negative values (and -0) to +0 */
                 v0 = _mm256_max_ps(v0, zero);
                 v1 = _mm256_max_ps(v1, zero);
             }
             int slow0, slow1;
-            __m256i c0 = round8(&r, v0, is_signed, &slow0), c1 = round8(&r, v1, is_signed, &slow1);
+            __m256i sign0 = _mm256_setzero_si256(), sign1 = _mm256_setzero_si256();
+            __m256i c0 = round8(&r, v0, is_signed, &sign0, &slow0), c1 = round8(&r, v1, is_signed, &sign1, &slow1);
             __m256i words = _mm256_packs_epi32(c0, c1); /* 16-bit, lanes interleaved by 128-bit halves */
+            if (is_signed) { /* 127 - index for negative values, 127 + index */
+                __m256i signs = _mm256_packs_epi32(sign0, sign1);
+                words = _mm256_add_epi16(_mm256_sub_epi16(_mm256_xor_si256(words, signs), signs), signed_zero);
+            }
             __m256i bytes = _mm256_packus_epi16(words, words);
-            __m256i ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0));
+            __m256i ordered = _mm256_permutevar8x32_epi32(bytes, order);
             _mm_storeu_si128((__m128i *)(codes + i), _mm256_castsi256_si128(ordered));
-            if (slow0 | slow1) { /* near a midpoint: the table's rule for those lanes */
+            if (slow0 | slow1) { GW_COUNT_SLOW; /* near a tie: the table's rule on the exact quotient */
                 int slow = slow0 | (slow1 << 8);
                 for (int l = 0; l < 16; l++)
                     if (slow & (1 << l)) codes[i + l] = (uint8_t)round_one(x[i + l] / scale, table, is_signed);
