@@ -159,6 +159,15 @@ def test_the_vector_build_equals_the_portable_build_bit_for_bit():
         assert torch.equal(x.nan_to_num(), y.nan_to_num())
 
 
+def test_the_kernel_joins_torchs_openmp_runtime_instead_of_starting_its_own():
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch is not built with OpenMP here")
+    assert native.library().gw8_openmp() == 1
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        gomp = {line.split()[-1] for line in f if "libgomp" in line}
+    assert len(gomp) == 1  # one OpenMP runtime in the process: torch's
+
+
 def test_a_step_does_not_depend_on_the_number_of_threads():
     blocks, block = 40, 128
     g = torch.Generator().manual_seed(5)
@@ -169,11 +178,14 @@ def test_a_step_does_not_depend_on_the_number_of_threads():
     adamw = gw.create("adamw", [torch.zeros(1, requires_grad=True)], lr=1e-2, weight_decay=0.1)
     chain = adamw.chain(hyper_parameters(adamw.param_groups[0]))
     ops, count = native.program(chain, ["exp_avg", "exp_avg_sq"], 3)
+    posix, error = native.load((*native._FLAGS, *native._NATIVE_FLAGS))  # POSIX threads instead of OpenMP
+    assert posix is not None and not posix.gw8_openmp(), error
     results = []
-    for threads in (1, 3, 8):
+    for threads, lib in ((1, None), (3, None), (8, None), (3, posix)):
         p, mc, ms, vc, vs = start.clone(), m_codes.clone(), m_scale.clone(), v_codes.clone(), v_scale.clone()
         native.run_program(ops, count, p, grad, [mc, vc], [ms, vs], [True, False],
-                           torch.full((blocks,), block, dtype=torch.int32), block, maximize=False, threads=threads)
+                           torch.full((blocks,), block, dtype=torch.int32), block, maximize=False, threads=threads,
+                           lib=lib)
         results.append((p, mc, ms, vc, vs))
     assert not torch.equal(results[0][0], start)
     for other in results[1:]:

@@ -16,6 +16,12 @@ storage. The padding holds the code of 0; whatever the kernels write into it (Ad
 variance) is zeroed before the block maxima are taken, exactly as eager quantization pads with zeros, so the
 codes and scales are those of the eager 8-bit step.
 
+Under the inductor backend on the CPU, a chain whose transforms all have a native form (`Transform.native`)
+runs instead on the native fused kernel (`gradwise.state.native`): one C call over the same buffers, decoding,
+updating and re-quantizing each block while it is in cache, with the same codes as eager quantization of the
+values it computes (its float32 update may differ from eager by an ulp, as inductor's does). Other backends,
+devices and chains, or a machine without a C compiler, keep the compiled function.
+
 Every step checks that the views are still in place (identity and data pointer), and gathers the buffers
 again when they are not (after `load_state_dict`, `model.to`, a change of the parameters with a gradient),
 as `gradwise.core.compiled.FlatLayout` does for 32-bit state.

@@ -446,6 +446,14 @@ int gw8_step(const gw_op *prog, int32_t nops, float *param, const float *grad, i
         job->scratch = scratch + (size_t)t * (size_t)(nkeys + 1) * (size_t)block;
         started[t] = 0;
     }
+#if defined(_OPENMP)
+    /* torch's own OpenMP runtime where the library shares it (its libgomp.so.1 is loaded first): no second pool
+       of threads competing with torch's, which keep spinning for a while after each parallel region */
+    (void)ids;
+    (void)started;
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int32_t t = 0; t < threads; t++) run_job(&jobs[t]);
+#else
     for (int32_t t = 1; t < threads; t++) started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
     run_job(&jobs[0]);
     for (int32_t t = 1; t < threads; t++) {
@@ -454,7 +462,17 @@ int gw8_step(const gw_op *prog, int32_t nops, float *param, const float *grad, i
         else
             run_job(&jobs[t]); /* no thread to be had: this one runs it */
     }
+#endif
     return 0;
+}
+
+/* 1 when this build runs its threads through OpenMP, else 0 (POSIX threads) */
+int gw8_openmp(void) {
+#if defined(_OPENMP)
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 /* 1 when this build uses AVX2 (the vector decode and rounding), else 0 */

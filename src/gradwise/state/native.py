@@ -54,6 +54,7 @@ __all__ = ["OPS", "NativeUnsupported", "available", "build_error", "library", "l
 _SOURCE = Path(__file__).with_name("_native8bit.c")
 _FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 _NATIVE_FLAGS = ("-march=native",)
+_OPENMP_FLAGS = ("-fopenmp",)
 
 # the opcodes of _native8bit.c with the number of state keys each reads or writes
 OPS: dict[str, tuple[int, int]] = {
@@ -172,7 +173,21 @@ def load(flags: Sequence[str]) -> tuple[Any | None, str | None]:
     ]
     lib.gw8_vectorised.restype = ctypes.c_int
     lib.gw8_vectorised.argtypes = []
+    lib.gw8_openmp.restype = ctypes.c_int
+    lib.gw8_openmp.argtypes = []
     return lib, None
+
+
+def _torch_openmp() -> bool:
+    """Whether torch runs its threads on GNU OpenMP, already loaded in this process (on Linux: a libgomp.so.1 in
+    the process's maps), so that a build with -fopenmp joins that runtime instead of starting a second one."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            return any("libgomp" in line for line in f)
+    except OSError:
+        return False
 
 
 @functools.cache
@@ -184,7 +199,9 @@ def library() -> Any | None:
         _build_error = "switched off by GRADWISE_NATIVE_8BIT"
         return None
     errors = []
-    for flags in ((*_FLAGS, *_NATIVE_FLAGS), _FLAGS):
+    for flags in ((*_FLAGS, *_OPENMP_FLAGS, *_NATIVE_FLAGS), (*_FLAGS, *_NATIVE_FLAGS), _FLAGS):
+        if _OPENMP_FLAGS[0] in flags and not _torch_openmp():
+            continue
         lib, error = load(flags)
         if lib is not None:
             _build_error = None
