@@ -205,6 +205,11 @@ CONFIGS = [
     ("adan", dict(no_prox=True)),
     ("adan", dict(max_grad_norm=0.5)),
     ("lion", {}),
+    ("sgd", dict(momentum=0.9)),
+    ("sgd", dict(momentum=0.9, dampening=0.5)),
+    ("sgdw", dict(momentum=0.8, nesterov=True)),
+    ("nag", {}),
+    ("nag", dict(maximize=True, weight_decay=0.0)),
 ]
 SHAPES = [(40, 30), (1000,), (7,), (333, 3), (256,)]
 EIGHT_BIT = dict(state_bits=8, state_block=64, state_min_size=200)
@@ -346,5 +351,5 @@ def test_a_program_refuses_unknown_ops_missing_keys_and_too_many_coefficients():
         native.program([op("nope")], ["s"], 1)
     with pytest.raises(native.NativeUnsupported, match="not in the layout"):
         native.program([op("lerp", "exp_avg")], ["s"], 1)
-    with pytest.raises(native.NativeUnsupported, match="more than 4"):
-        native.program([op("decay_p", coefficients=(1.0,) * 5)], ["s"], 1)
+    with pytest.raises(native.NativeUnsupported, match="more than 8"):
+        native.program([op("decay_p", coefficients=(1.0,) * 9)], ["s"], 1)

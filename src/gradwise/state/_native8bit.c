@@ -42,12 +42,22 @@ enum {
     OP_ADAN_STEP = 13,/* q = sqrt(s[c]) / k0 + k1; p <- p + k2 s[a] / q; p <- p + k3 s[b] / q */
     OP_SIGN_MOM = 14, /* x = s[a] k0 + k1 u; s[a] <- s[a] k2 + k3 u; u <- sign(x) (NaN stays NaN) */
     OP_SET = 15,      /* s[a] <- u (tests: round chosen values) */
-    OP_GET = 16       /* p <- s[a] (tests: read decoded values) */
+    OP_GET = 16,      /* p <- s[a] (tests: read decoded values) */
+    OP_HEAVY_BALL = 17,  /* s[a] <- k0 != 0 ? u : s[a] k1 + k2 u;  u <- s[a] */
+    OP_HEAVY_BALL_NESTEROV = 18, /* s[a] as OP_HEAVY_BALL;  u <- u + k1 s[a] */
+    OP_ADOPT = 19,    /* k0 != 0: s[b] <- s[b] + u u, u <- s[a]; else n = u / max(sqrt(s[b]), k1),
+                         s[a] <- lerp(s[a], n, k3), s[b] <- s[b] k4 + k5 u u, u <- s[a] */
+    OP_ADOPT_CLIPPED = 20, /* OP_ADOPT with n clamped to [-k2, k2] */
+    OP_EMA = 21,      /* s[a] <- s[a] k0 + k1 u */
+    OP_ADEMAMIX_STEP = 22, /* p <- p + k5 ((s[a] k2 + k3 s[b]) / (sqrt(s[c]) k0 + k1)) */
+    OP_ADEMAMIX_STEP_DECAY = 23, /* p <- p + k5 ((s[a] k2 + k3 s[b]) / (sqrt(s[c]) k0 + k1) + k4 p) */
+    OP_BOUNDED_STEP = 24, /* p <- p - clamp(k1 / (sqrt(s[b]) + k0), k2, k3) s[a] */
+    OP_FRICTION_STEP = 25 /* e = 2^(-log2(e) |s[c] - u|) + 1; s[c] <- u; p <- p + k1 s[a] / ((sqrt(s[b]) + k0) e) */
 };
 
 typedef struct {
     int32_t op, a, b, c;
-    float k[4];
+    float k[8];
 } gw_op;
 
 /* The code map's constants per signedness (gw_codec, filled by native.py from gradwise.state.quantize): per
@@ -370,6 +380,84 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
         case OP_GET:
             memcpy(p, a, sizeof(float) * (size_t)n);
             break;
+        case OP_HEAVY_BALL:
+        case OP_HEAVY_BALL_NESTEROV:
+            /* torch: buf.copy_(u) on an undamped first step, else buf.mul_(beta).add_(u, alpha=weight); the
+               buffer itself is the update, or u.add(buf, alpha=beta) with Nesterov's look-ahead */
+            if (k0 != 0.0f) {
+                memcpy(a, u, sizeof(float) * (size_t)n);
+            } else {
+                for (int32_t i = 0; i < n; i++) a[i] = a[i] * k1 + k2 * u[i];
+            }
+            if (op.op == OP_HEAVY_BALL_NESTEROV) {
+                for (int32_t i = 0; i < n; i++) u[i] = u[i] + k1 * a[i];
+            } else {
+                memcpy(u, a, sizeof(float) * (size_t)n);
+            }
+            break;
+        case OP_ADOPT:
+        case OP_ADOPT_CLIPPED:
+            /* torch: the first step v.addcmul_(u, u); later n = u / clamp(v.sqrt(), min=eps), n.clamp_(-c, c)
+               when clipped, m.lerp_(n, w), v.mul_(beta).addcmul_(u, u, value=fresh); the update is m */
+            if (k0 != 0.0f) {
+                for (int32_t i = 0; i < n; i++) b[i] = b[i] + u[i] * u[i];
+            } else {
+                const float k4 = op.k[4], k5 = op.k[5], low = -k2;
+                const int clipped = op.op == OP_ADOPT_CLIPPED, near = fabsf(k3) < 0.5f;
+                const float w = 1.0f - k3;
+                for (int32_t i = 0; i < n; i++) {
+                    float r = sqrtf(b[i]);
+                    r = (r != r) ? r : (r < k1 ? k1 : r);
+                    float x = u[i] / r;
+                    if (clipped && x == x) x = x < low ? low : (x > k2 ? k2 : x);
+                    a[i] = near ? a[i] + k3 * (x - a[i]) : x - (x - a[i]) * w;
+                    b[i] = b[i] * k4 + k5 * u[i] * u[i];
+                }
+            }
+            memcpy(u, a, sizeof(float) * (size_t)n);
+            break;
+        case OP_EMA:
+            /* torch: s.mul_(k0).add_(u, alpha=k1) */
+            for (int32_t i = 0; i < n; i++) a[i] = a[i] * k0 + k1 * u[i];
+            break;
+        case OP_ADEMAMIX_STEP:
+        case OP_ADEMAMIX_STEP_DECAY: {
+            /* torch: d = v.sqrt().mul_(k0).add_(k1); x = (m1 * k2).add_(m2, alpha=k3).div_(d);
+               x.add_(p, alpha=k4) with weight decay; p.add_(x, alpha=k5) */
+            const float k4 = op.k[4], k5 = op.k[5];
+            if (op.op == OP_ADEMAMIX_STEP_DECAY) {
+                for (int32_t i = 0; i < n; i++) {
+                    float x = (a[i] * k2 + k3 * b[i]) / (sqrtf(c[i]) * k0 + k1);
+                    x = x + k4 * p[i];
+                    p[i] = p[i] + k5 * x;
+                }
+            } else {
+                for (int32_t i = 0; i < n; i++) {
+                    float x = (a[i] * k2 + k3 * b[i]) / (sqrtf(c[i]) * k0 + k1);
+                    p[i] = p[i] + k5 * x;
+                }
+            }
+            break;
+        }
+        case OP_BOUNDED_STEP:
+            /* torch: d = v.sqrt().add_(eps); r = full(k1).div_(d).clamp_(k2, k3); p.sub_(r.mul_(m)) */
+            for (int32_t i = 0; i < n; i++) {
+                float r = k1 / (sqrtf(b[i]) + k0);
+                if (r == r) r = r < k2 ? k2 : (r > k3 ? k3 : r);
+                p[i] = p[i] - r * a[i];
+            }
+            break;
+        case OP_FRICTION_STEP: {
+            /* torch (eager): e = exp2((prev - u).abs_().mul_(-LOG2_E)).add_(1); prev.copy_(u);
+               p.addcdiv_(m, v.sqrt().add_(eps).mul_(e), value=k1), addcdiv being p + (k1 m) / d */
+            const float minus_log2e = -1.4426950408889634f; /* float32(-1 / ln 2), as torch rounds the scalar */
+            for (int32_t i = 0; i < n; i++) {
+                float e = exp2f(fabsf(c[i] - u[i]) * minus_log2e) + 1.0f;
+                c[i] = u[i];
+                p[i] = p[i] + (k1 * a[i]) / ((sqrtf(b[i]) + k0) * e);
+            }
+            break;
+        }
         default:
             break;
         }

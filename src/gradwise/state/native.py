@@ -74,10 +74,20 @@ OPS: dict[str, tuple[int, int]] = {
     "sign_momentum": (14, 1),
     "set": (15, 1),
     "get": (16, 1),
+    "heavy_ball": (17, 1),
+    "heavy_ball_nesterov": (18, 1),
+    "adopt": (19, 2),
+    "adopt_clipped": (20, 2),
+    "ema": (21, 1),
+    "ademamix_step": (22, 3),
+    "ademamix_step_decay": (23, 3),
+    "bounded_step": (24, 2),
+    "friction_step": (25, 3),
 }
 
 
 MAX_THREADS, MAX_KEYS = 256, 16  # GW_MAX_THREADS, GW_MAX_KEYS of the C source
+_COEFFICIENTS = 8  # the length of gw_op.k
 
 
 class NativeUnsupported(Exception):
@@ -86,7 +96,7 @@ class NativeUnsupported(Exception):
 
 class _Op(ctypes.Structure):
     _fields_ = [("op", ctypes.c_int32), ("a", ctypes.c_int32), ("b", ctypes.c_int32), ("c", ctypes.c_int32),
-                ("k", ctypes.c_float * 4)]
+                ("k", ctypes.c_float * _COEFFICIENTS)]
 
 
 _build_error: str | None = None
@@ -256,10 +266,10 @@ def program(chain: Sequence[Any], keys: Sequence[str], t: float) -> Any:
         if len(names) != count or any(k not in slot for k in names):
             raise NativeUnsupported(f"native op {name!r}: state keys {names} not in the layout")
         values = tuple(_number(v) for v in (tr.coefficients(t) if tr.coefficients is not None else ()))
-        if len(values) > 4:
-            raise NativeUnsupported(f"native op {name!r}: more than 4 coefficients")
+        if len(values) > _COEFFICIENTS:
+            raise NativeUnsupported(f"native op {name!r}: more than {_COEFFICIENTS} coefficients")
         a, b, c = [slot[k] for k in names] + [-1] * (3 - len(names))
-        ops.append((code, a, b, c, (*values, *(0.0,) * (4 - len(values)))))
+        ops.append((code, a, b, c, (*values, *(0.0,) * (_COEFFICIENTS - len(values)))))
     array = (_Op * max(1, len(ops)))()
     for i, (code, a, b, c, k) in enumerate(ops):
         array[i].op, array[i].a, array[i].b, array[i].c = code, a, b, c

@@ -38,7 +38,8 @@ def heavy_ball(
         # The buffer itself is returned: later transforms never modify u in place (engine contract).
         return u.add(buf, alpha=beta) if nesterov else buf
 
-    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True,
+                            native=("heavy_ball_nesterov" if nesterov else "heavy_ball", key))
 
 
 def replace_buffer(key: str = "momentum_buffer") -> Transform:
