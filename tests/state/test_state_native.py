@@ -22,6 +22,7 @@ import gradwise.state  # noqa: F401  (registers state_bits)
 from checkpoint_io import roundtrip
 from gradwise.core import compiled_state
 from gradwise.core.engine import hyper_parameters
+from gradwise.optim.adopt import ADOPT
 from gradwise.state import native
 
 quantize = importlib.import_module("gradwise.state.quantize")  # the package exports a function of that name
@@ -210,6 +211,9 @@ CONFIGS = [
     ("sgdw", dict(momentum=0.8, nesterov=True)),
     ("nag", {}),
     ("nag", dict(maximize=True, weight_decay=0.0)),
+    ("adopt", {}),  # coupled decay, clipped
+    ("adopt", dict(clip_exp=None)),
+    ("adopt", dict(decouple=True, clip_exp=0.0)),  # decay from the second step on; the clip at 1
 ]
 SHAPES = [(40, 30), (1000,), (7,), (333, 3), (256,)]
 EIGHT_BIT = dict(state_bits=8, state_block=64, state_min_size=200)
@@ -292,9 +296,13 @@ def test_a_resumed_native_run_repeats_an_uninterrupted_one_exactly():
 
 
 def test_a_chain_without_a_native_form_keeps_inductors_path(monkeypatch, native_calls):
-    # ADOPT's transforms have no native op: the kernel is not used, the compiled function is (run uncompiled
-    # here: torch.compile is replaced by the identity, so that the test needs no inductor build)
+    # ADOPT with its momentum's native op taken away: the kernel is not used, the compiled function is (run
+    # uncompiled here: torch.compile is replaced by the identity, so that the test needs no inductor build)
     monkeypatch.setattr(compiled_state.torch, "compile", lambda fn, **kwargs: fn)
+    adopt_chain = ADOPT.chain
+    monkeypatch.setattr(ADOPT, "chain", lambda self, h: tuple(
+        tr._replace(native=None) if tr.native and tr.native[0].startswith("adopt") else tr
+        for tr in adopt_chain(self, h)))
     params = parameters()
     opt = gw.create("adopt", params, lr=1e-2, compile=True, **EIGHT_BIT)
     with pytest.raises(native.NativeUnsupported, match="without a native form"):

@@ -37,7 +37,7 @@ def _decoupled_decay_after_first_step(lr: float, rate: float) -> Transform:
         p.mul_(c[0])
         return u
 
-    return kernel_transform(kernel, coefficients, elementwise=True)
+    return kernel_transform(kernel, coefficients, elementwise=True, native=("decay_p",))
 
 
 def adopt_momentum(beta1: float, beta2: float, eps: float, clip_exp: float | None) -> Transform:
@@ -71,7 +71,8 @@ def adopt_momentum(beta1: float, beta2: float, eps: float, clip_exp: float | Non
         v.mul_(beta).addcmul_(u, u, value=fresh)
         return m
 
-    return kernel_transform(kernel, coefficients, zeros_state("exp_avg", "exp_avg_sq"), elementwise=True)
+    return kernel_transform(kernel, coefficients, zeros_state("exp_avg", "exp_avg_sq"), elementwise=True,
+                            native=("adopt_clipped" if clipped else "adopt", "exp_avg", "exp_avg_sq"))
 
 
 @register(
