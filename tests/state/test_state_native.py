@@ -214,6 +214,8 @@ CONFIGS = [
     ("adopt", {}),  # coupled decay, clipped
     ("adopt", dict(clip_exp=None)),
     ("adopt", dict(decouple=True, clip_exp=0.0)),  # decay from the second step on; the clip at 1
+    ("ademamix", {}),  # weight decay inside the step
+    ("ademamix", dict(weight_decay=0.0, alpha_warmup=20, beta3_warmup=30)),
 ]
 SHAPES = [(40, 30), (1000,), (7,), (333, 3), (256,)]
 EIGHT_BIT = dict(state_bits=8, state_block=64, state_min_size=200)

@@ -61,7 +61,7 @@ def scheduled_moment(beta: Callable[[float], float], key: str) -> Transform:
         s[key].mul_(c[0]).add_(u, alpha=c[1])
         return u
 
-    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True)
+    return kernel_transform(kernel, coefficients, zeros_state(key), elementwise=True, native=("ema", key))
 
 
 def ademamix_step(lr: float, beta1: float, beta2: float, alpha: Callable[[float], float], eps: float,
@@ -96,7 +96,9 @@ def ademamix_step(lr: float, beta1: float, beta2: float, alpha: Callable[[float]
     def direction(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         return update(p, s, c) if decays else numerator(s, c)
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=direction)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True, direction=direction,
+                            native=("ademamix_step_decay" if decays else "ademamix_step", "exp_avg_fast",
+                                    "exp_avg_slow", "exp_avg_sq"))
 
 
 @register("ademamix", paper="Pagliardini, Ablin & Grangier, The AdEMAMix Optimizer: Better, Faster, Older",
