@@ -216,6 +216,9 @@ CONFIGS = [
     ("adopt", dict(decouple=True, clip_exp=0.0)),  # decay from the second step on; the clip at 1
     ("ademamix", {}),  # weight decay inside the step
     ("ademamix", dict(weight_decay=0.0, alpha_warmup=20, beta3_warmup=30)),
+    ("adabound", dict(final_lr=0.01, gamma=0.1)),  # a band that clips from the first steps
+    ("adabound", dict(gamma=0.0)),  # the open band [0, inf)
+    ("amsbound", dict(final_lr=0.01, gamma=0.1)),
 ]
 SHAPES = [(40, 30), (1000,), (7,), (333, 3), (256,)]
 EIGHT_BIT = dict(state_bits=8, state_block=64, state_min_size=200)

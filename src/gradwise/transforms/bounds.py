@@ -41,4 +41,5 @@ def bounded_adam_step(
         p.sub_(rates.mul_(s["exp_avg"]))
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
+    return kernel_transform(kernel, coefficients, writes=True, elementwise=True,
+                            native=("bounded_step", "exp_avg", second))
