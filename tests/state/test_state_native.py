@@ -219,6 +219,8 @@ CONFIGS = [
     ("adabound", dict(final_lr=0.01, gamma=0.1)),  # a band that clips from the first steps
     ("adabound", dict(gamma=0.0)),  # the open band [0, inf)
     ("amsbound", dict(final_lr=0.01, gamma=0.1)),
+    ("diffgrad", {}),
+    ("diffgrad", dict(weight_decay=0.0, maximize=True)),
 ]
 SHAPES = [(40, 30), (1000,), (7,), (333, 3), (256,)]
 EIGHT_BIT = dict(state_bits=8, state_block=64, state_min_size=200)

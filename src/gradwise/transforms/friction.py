@@ -62,7 +62,7 @@ def friction_adam_step(lr: float, beta1: float, beta2: float, eps: float, first:
         return s[first]  # the step subtracts a positive multiple of m (see `Transform.direction`)
 
     return kernel_transform(kernel, coefficients, zeros_state(previous), writes=True, elementwise=True,
-                            direction=direction)
+                            direction=direction, native=("friction_step", first, second, previous))
 
 
 def exp2_nonpositive(x: Tensor) -> Tensor:
