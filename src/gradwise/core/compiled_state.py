@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from .compiled import Unsupported, _BucketViews, _fresh, coefficient_pattern, coefficient_slots, fill
 
@@ -293,6 +294,9 @@ def _run_native(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
     native.run_program(ops, count, layout.param, layout.grad, [layout.codes[k] for k, _ in layout.keys],
                        [layout.absmax[k] for k, _ in layout.keys], [signed for _, signed in layout.keys],
                        layout.valid_counts, layout.block, maximize=bool(signature[0]))
+    # written behind torch's back: tell autograd, as an in-place op would (the views share their base's counter)
+    for written in (layout.param, *layout.codes.values(), *layout.absmax.values()):
+        increment_version(written)
     layout.steps.add_(1)
     layout.t += 1
     return True

@@ -10,11 +10,12 @@
    once, which the generated code of torch.compile cannot do (it re-runs the update to round after the block's
    maximum is known, and loads table entries one lane at a time).
 
-   The arithmetic matches gradwise.state.quantize: the same decoded values (the same float32 table), the same
-   division by the block scale, the same rounding table and tie rule, the same handling of non-finite blocks
-   (NaN scale; NaN reads 0, +-inf reads +-1). The update's float32 results may differ from torch's eager
-   kernels by an ulp where torch contracts into a fused multiply-add, as the generated code of torch.compile
-   does too. */
+   The arithmetic matches gradwise.state.quantize: the same decoded values (the table's float32 numbers), the
+   same codes and scales for the values the update produces (ties decided on the exact quotient by the table),
+   the same handling of non-finite blocks (NaN scale; NaN reads 0, +-inf reads +-1). The update is float32 in
+   the order of the transforms' torch kernels, with a fused multiply-add exactly where torch's CPU kernels use
+   one (add with alpha, addcmul, lerp), so most results equal eager's bit for bit; torch's float32 square root on
+   the CPU is not always correctly rounded (this one is), so a result that goes through sqrt may differ by an ulp. */
 
 #include <math.h>
 #include <pthread.h>
@@ -90,6 +91,7 @@ typedef struct {
 
 #define GW_MAX_THREADS 256
 #define GW_MAX_KEYS 16
+#define GW_STRIP 128 /* values per strip: decoded and updated while in the first-level cache (measured: 64-192) */
 
 /* the constants of gradwise.state.quantize's rounding table */
 #define GW_SHIFT 15
@@ -106,23 +108,30 @@ static void decode_row(const uint8_t *codes, const float *table, const gw_codec 
                        float scale, float *out, int32_t n) {
     int32_t i = 0;
 #if defined(__AVX2__)
-    const __m256 s = _mm256_set1_ps(scale), nine = _mm256_set1_ps(9.0f);
-    const __m256 p = _mm256_loadu_ps(codec->p), q = _mm256_loadu_ps(codec->q);
-    const __m256i zero_code = _mm256_set1_epi32(is_signed ? 127 : 0), bias = _mm256_set1_epi32(127);
-    const __m256 sign_bit = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    /* the decade's slot is the low 3 bits of m's float exponent (127 + j): tables rotated by 7 */
+    float pr[8], qr[8];
+    for (int d = 0; d < 8; d++) {
+        pr[(d + 7) & 7] = codec->p[d];
+        qr[(d + 7) & 7] = codec->q[d];
+    }
+    const __m256 p = _mm256_loadu_ps(pr), q = _mm256_loadu_ps(qr);
+    const __m256 nine = _mm256_set1_ps(9.0f);
+    const __m256 s = _mm256_set1_ps(scale), negative = _mm256_set1_ps(-scale);
+    const __m256i zero_code = _mm256_set1_epi32(is_signed ? 127 : 0), izero = _mm256_setzero_si256();
     for (; i + 8 <= n; i += 8) {
         __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i)));
-        __m256i offset = _mm256_sub_epi32(c, zero_code);
-        __m256i m = _mm256_abs_epi32(offset);
+        __m256i offset = c, m = c;
+        if (is_signed) {
+            offset = _mm256_sub_epi32(c, zero_code);
+            m = _mm256_abs_epi32(offset);
+        }
         __m256 mf = _mm256_cvtepi32_ps(m);
-        /* decade: the binary exponent of m (m = 0 gives garbage, blended to 0 below) */
-        __m256i j = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(mf), 23), bias);
+        __m256i j = _mm256_srli_epi32(_mm256_castps_si256(mf), 23);
         __m256 v = _mm256_div_ps(_mm256_add_ps(_mm256_mul_ps(mf, nine), _mm256_permutevar8x32_ps(p, j)),
                                  _mm256_permutevar8x32_ps(q, j));
-        v = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(m, _mm256_setzero_si256())));
-        if (is_signed) /* negative codes: the sign bit of the offset */
-            v = _mm256_or_ps(v, _mm256_and_ps(_mm256_castsi256_ps(offset), sign_bit));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(v, s));
+        v = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpgt_epi32(m, izero)));
+        __m256 sc = is_signed ? _mm256_blendv_ps(s, negative, _mm256_castsi256_ps(offset)) : s;
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(v, sc));
     }
 #else
     (void)codec;
@@ -256,16 +265,13 @@ static void encode_row(const float *x, float absmax, const int32_t *table, const
 #if defined(__AVX2__)
     if (absmax > 0.0f) { /* finite: every x / absmax is in [-1, 1] */
         const gw_rounder r = make_rounder(codec);
-        const __m256 inverse = _mm256_set1_ps(1.0f / scale), zero = _mm256_setzero_ps();
+        const __m256 inverse = _mm256_set1_ps(1.0f / scale);
         const __m256i signed_zero = _mm256_set1_epi16(GW_SIGNED_ZERO);
         const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 0, 0, 0, 0);
         for (; i + 16 <= n; i += 16) {
             __m256 v0 = _mm256_mul_ps(_mm256_loadu_ps(x + i), inverse);
             __m256 v1 = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inverse);
-            if (!is_signed) { /* negative values (and -0) to +0 */
-                v0 = _mm256_max_ps(v0, zero);
-                v1 = _mm256_max_ps(v1, zero);
-            }
+            /* unsigned: a negative value (or -0) falls below every decade's start and its index saturates to 0 */
             int slow0, slow1;
             __m256i sign0 = _mm256_setzero_si256(), sign1 = _mm256_setzero_si256();
             __m256i c0 = round8(&r, v0, is_signed, &sign0, &slow0), c1 = round8(&r, v1, is_signed, &sign1, &slow1);
@@ -310,26 +316,26 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
             for (int32_t i = 0; i < n; i++) p[i] = p[i] * k0;
             break;
         case OP_DECAY_G:
-            for (int32_t i = 0; i < n; i++) u[i] = u[i] + k0 * p[i];
+            for (int32_t i = 0; i < n; i++) u[i] = fmaf(k0, p[i], u[i]);
             break;
         case OP_DIV_P:
             for (int32_t i = 0; i < n; i++) p[i] = p[i] / k0;
             break;
         case OP_LERP:
             if (fabsf(k0) < 0.5f) {
-                for (int32_t i = 0; i < n; i++) a[i] = a[i] + k0 * (u[i] - a[i]);
+                for (int32_t i = 0; i < n; i++) a[i] = fmaf(k0, u[i] - a[i], a[i]);
             } else {
-                const float w = 1.0f - k0;
-                for (int32_t i = 0; i < n; i++) a[i] = u[i] - (u[i] - a[i]) * w;
+                const float w = -(1.0f - k0);
+                for (int32_t i = 0; i < n; i++) a[i] = fmaf(w, u[i] - a[i], u[i]);
             }
             break;
         case OP_SECOND:
-            for (int32_t i = 0; i < n; i++) a[i] = a[i] * k0 + k1 * u[i] * u[i];
+            for (int32_t i = 0; i < n; i++) a[i] = fmaf(k1 * u[i], u[i], a[i] * k0);
             break;
         case OP_BELIEF:
             for (int32_t i = 0; i < n; i++) {
                 float r = u[i] - b[i];
-                a[i] = (a[i] * k0 + k1 * r * r) + k2;
+                a[i] = fmaf(k1 * r, r, a[i] * k0) + k2;
             }
             break;
         case OP_MAX:
@@ -339,23 +345,23 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
             }
             break;
         case OP_ADAM_STEP:
-            for (int32_t i = 0; i < n; i++) p[i] = p[i] + k0 * (a[i] / (sqrtf(b[i]) / k1 + k2));
+            for (int32_t i = 0; i < n; i++) p[i] = p[i] + (k0 * a[i]) / (sqrtf(b[i]) / k1 + k2);
             break;
         case OP_RECT_STEP:
             if (k0 != 0.0f) {
-                for (int32_t i = 0; i < n; i++) p[i] = p[i] + k1 * (a[i] / (sqrtf(b[i]) + k2));
+                for (int32_t i = 0; i < n; i++) p[i] = p[i] + (k1 * a[i]) / (sqrtf(b[i]) + k2);
             } else {
-                for (int32_t i = 0; i < n; i++) p[i] = p[i] + k1 * a[i];
+                for (int32_t i = 0; i < n; i++) p[i] = fmaf(k1, a[i], p[i]);
             }
             break;
         case OP_SGD_STEP:
-            for (int32_t i = 0; i < n; i++) p[i] = p[i] + k0 * u[i];
+            for (int32_t i = 0; i < n; i++) p[i] = fmaf(k0, u[i], p[i]);
             break;
         case OP_NESTEROV:
             if (k0 != 0.0f) memcpy(b, u, sizeof(float) * (size_t)n);
             for (int32_t i = 0; i < n; i++) {
                 float d = u[i] - b[i];
-                a[i] = a[i] * k1 + k2 * d;
+                a[i] = fmaf(k2, d, a[i] * k1);
                 b[i] = u[i];
                 u[i] = d * k1 + u[i];
             }
@@ -363,14 +369,14 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
         case OP_ADAN_STEP:
             for (int32_t i = 0; i < n; i++) {
                 float q = sqrtf(c[i]) / k0 + k1;
-                float x = p[i] + k2 * (a[i] / q);
-                p[i] = x + k3 * (b[i] / q);
+                float x = p[i] + (k2 * a[i]) / q;
+                p[i] = x + (k3 * b[i]) / q;
             }
             break;
         case OP_SIGN_MOM:
             for (int32_t i = 0; i < n; i++) {
-                float x = a[i] * k0 + k1 * u[i];
-                a[i] = a[i] * k2 + k3 * u[i];
+                float x = fmaf(k1, u[i], a[i] * k0);
+                a[i] = fmaf(k3, u[i], a[i] * k2);
                 u[i] = x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : (x == 0.0f ? 0.0f : x));
             }
             break;
@@ -387,10 +393,10 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
             if (k0 != 0.0f) {
                 memcpy(a, u, sizeof(float) * (size_t)n);
             } else {
-                for (int32_t i = 0; i < n; i++) a[i] = a[i] * k1 + k2 * u[i];
+                for (int32_t i = 0; i < n; i++) a[i] = fmaf(k2, u[i], a[i] * k1);
             }
             if (op.op == OP_HEAVY_BALL_NESTEROV) {
-                for (int32_t i = 0; i < n; i++) u[i] = u[i] + k1 * a[i];
+                for (int32_t i = 0; i < n; i++) u[i] = fmaf(k1, a[i], u[i]);
             } else {
                 memcpy(u, a, sizeof(float) * (size_t)n);
             }
@@ -400,25 +406,25 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
             /* torch: the first step v.addcmul_(u, u); later n = u / clamp(v.sqrt(), min=eps), n.clamp_(-c, c)
                when clipped, m.lerp_(n, w), v.mul_(beta).addcmul_(u, u, value=fresh); the update is m */
             if (k0 != 0.0f) {
-                for (int32_t i = 0; i < n; i++) b[i] = b[i] + u[i] * u[i];
+                for (int32_t i = 0; i < n; i++) b[i] = fmaf(u[i], u[i], b[i]);
             } else {
                 const float k4 = op.k[4], k5 = op.k[5], low = -k2;
                 const int clipped = op.op == OP_ADOPT_CLIPPED, near = fabsf(k3) < 0.5f;
-                const float w = 1.0f - k3;
+                const float w = -(1.0f - k3);
                 for (int32_t i = 0; i < n; i++) {
                     float r = sqrtf(b[i]);
                     r = (r != r) ? r : (r < k1 ? k1 : r);
                     float x = u[i] / r;
                     if (clipped && x == x) x = x < low ? low : (x > k2 ? k2 : x);
-                    a[i] = near ? a[i] + k3 * (x - a[i]) : x - (x - a[i]) * w;
-                    b[i] = b[i] * k4 + k5 * u[i] * u[i];
+                    a[i] = near ? fmaf(k3, x - a[i], a[i]) : fmaf(w, x - a[i], x);
+                    b[i] = fmaf(k5 * u[i], u[i], b[i] * k4);
                 }
             }
             memcpy(u, a, sizeof(float) * (size_t)n);
             break;
         case OP_EMA:
             /* torch: s.mul_(k0).add_(u, alpha=k1) */
-            for (int32_t i = 0; i < n; i++) a[i] = a[i] * k0 + k1 * u[i];
+            for (int32_t i = 0; i < n; i++) a[i] = fmaf(k1, u[i], a[i] * k0);
             break;
         case OP_ADEMAMIX_STEP:
         case OP_ADEMAMIX_STEP_DECAY: {
@@ -427,14 +433,14 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
             const float k4 = op.k[4], k5 = op.k[5];
             if (op.op == OP_ADEMAMIX_STEP_DECAY) {
                 for (int32_t i = 0; i < n; i++) {
-                    float x = (a[i] * k2 + k3 * b[i]) / (sqrtf(c[i]) * k0 + k1);
-                    x = x + k4 * p[i];
-                    p[i] = p[i] + k5 * x;
+                    float x = fmaf(k3, b[i], a[i] * k2) / (sqrtf(c[i]) * k0 + k1);
+                    x = fmaf(k4, p[i], x);
+                    p[i] = fmaf(k5, x, p[i]);
                 }
             } else {
                 for (int32_t i = 0; i < n; i++) {
-                    float x = (a[i] * k2 + k3 * b[i]) / (sqrtf(c[i]) * k0 + k1);
-                    p[i] = p[i] + k5 * x;
+                    float x = fmaf(k3, b[i], a[i] * k2) / (sqrtf(c[i]) * k0 + k1);
+                    p[i] = fmaf(k5, x, p[i]);
                 }
             }
             break;
@@ -474,18 +480,24 @@ static void *run_job(void *arg) {
         const int32_t valid = job->valid[blk];
         const int64_t base = blk * (int64_t)block;
         if (valid <= 0) continue; /* an empty block that completes the buffer: stays the code of 0 */
-        for (int32_t k = 0; k < nkeys; k++) {
-            int sg = job->is_signed[k] != 0;
-            decode_row(job->codes[k] + base, job->decode[sg], job->codec[sg], sg, job->absmax[k][blk], rows[k],
-                       block);
+        /* decode, and run the chain, strip by strip: a strip's rows stay in the first-level cache between them */
+        for (int32_t start = 0; start < block; start += GW_STRIP) {
+            const int32_t len = block - start < GW_STRIP ? block - start : GW_STRIP;
+            float *strip[GW_MAX_KEYS];
+            for (int32_t k = 0; k < nkeys; k++) {
+                int sg = job->is_signed[k] != 0;
+                strip[k] = rows[k] + start;
+                decode_row(job->codes[k] + base + start, job->decode[sg], job->codec[sg], sg, job->absmax[k][blk],
+                           strip[k], len);
+            }
+            const float *g = job->grad + base + start;
+            if (job->maximize) {
+                for (int32_t i = 0; i < len; i++) u[i] = -g[i];
+            } else {
+                memcpy(u, g, sizeof(float) * (size_t)len);
+            }
+            run_ops(job->prog, job->nops, job->param + base + start, u, strip, len);
         }
-        const float *g = job->grad + base;
-        if (job->maximize) {
-            for (int32_t i = 0; i < block; i++) u[i] = -g[i];
-        } else {
-            memcpy(u, g, sizeof(float) * (size_t)block);
-        }
-        run_ops(job->prog, job->nops, job->param + base, u, rows, block);
         for (int32_t k = 0; k < nkeys; k++) {
             int sg = job->is_signed[k] != 0;
             for (int32_t i = valid; i < block; i++) rows[k][i] = 0.0f; /* the padding reads 0, as in eager */

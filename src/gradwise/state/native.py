@@ -18,15 +18,20 @@ different machines never runs a build made for another CPU. Without a compiler (
 `GRADWISE_NATIVE_8BIT=0`) the step stays with inductor's generated code, which gives the same codes up to a
 rare one-step difference on the edge between two codes.
 
-Numbers. Decoding reads the same float32 table as eager `dequantize_rows`; rounding divides by the same scale
-and uses the same table and tie rule as `quantize_rows`; non-finite blocks are handled as there. The
-transforms' arithmetic is float32 in the order of their torch kernels, without fused multiply-adds
-(`-ffp-contract=off`); torch's own vectorised kernels contract some of it (lerp), so a parameter may differ
-from eager by an ulp and a state value on the edge between two codes may round one step the other way, as
-with inductor. Only float32 parameters take this path (the flat 8-bit path's rule), on the CPU.
+Numbers. Decoding gives the float32 numbers of eager `dequantize_rows`; rounding gives the codes of
+`quantize_rows` for the same values (ties between codes are decided on the exact quotient by the same table);
+non-finite blocks are handled as there. The transforms' arithmetic is float32 in the order of their torch
+kernels, with a fused multiply-add exactly where torch's CPU kernels use one (`add(alpha=)`, `addcmul`,
+`lerp`) and nowhere else (`-ffp-contract=off`). The kernel's square root is correctly rounded; torch's eager
+float32 sqrt on the CPU is not (about 16% of random values come out one ulp away, torch 2.13 here), so a step
+that goes through sqrt may differ from eager by an ulp, and a state value on the edge between two codes may
+then round one step the other way, as with inductor's code. Only float32
+parameters take this path (the flat 8-bit path's rule), on the CPU.
 
-Threads: the bucket's blocks are split over `torch.get_num_threads()` POSIX threads (blocks are independent,
-so the result does not depend on the count).
+Threads: the bucket's blocks are split over `torch.get_num_threads()` threads (blocks are independent, so the
+result does not depend on the count): through torch's own OpenMP runtime where torch runs on GNU OpenMP (the
+library is then built with -fopenmp and joins the libgomp torch loaded), else POSIX threads. A second pool would
+compete with torch's threads, which keep spinning for a while after each parallel region.
 """
 
 from __future__ import annotations
