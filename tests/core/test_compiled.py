@@ -393,3 +393,21 @@ def test_float64_scalar_state_runs_flat_from_the_first_step():
     ref = gw.create("adagradnorm", eager, lr=1.0)
     train(ref, eager, 4)
     assert_close(params, eager, 1e-12)  # ||G||^2 is summed over the flat buffers: another order of additions
+
+
+@pytest.mark.parametrize("name", ["adamw", "cadamw"])  # elementwise and segmented chains: both on the flat path
+def test_a_flat_step_moves_the_parameters_version_counters_as_an_in_place_step_does(name):
+    # the flat path writes a buffer whose counter the parameters (p.data re-pointed) do not share; autograd
+    # must still see the step, so that a graph that saved a parameter before it refuses its backward after
+    params = make_params(shapes=[(5,), (3, 4)])
+    opt = gw.create(name, params, lr=1e-2, compile="eager")
+    loss = sum((p * p).sum() for p in params)
+    loss.backward()
+    opt.step()  # lays the buffers out
+    saved = (params[1] * params[1]).sum()
+    before = [p._version for p in params]
+    opt.step()
+    assert opt._compiled.layouts  # the flat path ran
+    assert all(p._version > v for p, v in zip(params, before, strict=True))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.backward()

@@ -62,6 +62,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from .segments import (
     COLUMN_FACTOR,
@@ -904,6 +905,10 @@ class CompiledStep:
         s = {**layout.state, **layout.segments(rows, factored)} if segmented else layout.state
         if not self._call(fkey, gi, fn, (layout.grad, layout.param, s, *packed(values), layout.steps)):
             return False
+        # the graph wrote the flat buffer, whose version counter the parameters (p.data re-pointed) do not share:
+        # tell autograd, as torch.optim's in-place steps do (a graph that saved p before the step must refuse
+        # its backward afterwards); about 70 us per 1000 parameters
+        increment_version(layout.members)
         if segmented:
             for k in (*SEGMENT_KEYS, *ROW_KEYS, *FACTOR_KEYS):
                 s.pop(k, None)

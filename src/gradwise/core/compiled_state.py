@@ -294,9 +294,9 @@ def _run_native(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
     native.run_program(ops, count, layout.param, layout.grad, [layout.codes[k] for k, _ in layout.keys],
                        [layout.absmax[k] for k, _ in layout.keys], [signed for _, signed in layout.keys],
                        layout.valid_counts, layout.block, maximize=bool(signature[0]))
-    # written behind torch's back: tell autograd, as an in-place op would (the views share their base's counter)
-    for written in (layout.param, *layout.codes.values(), *layout.absmax.values()):
-        increment_version(written)
+    # written behind torch's back: tell autograd, as an in-place op would (the state's views share their buffer's
+    # counter; the parameters, re-pointed by p.data, keep their own)
+    increment_version([*layout.members, layout.param, *layout.codes.values(), *layout.absmax.values()])
     layout.steps.add_(1)
     layout.t += 1
     return True
@@ -338,6 +338,7 @@ def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
         return False
     for chunk in rest:  # outside the fallback: after the first chunk is written, the eager path would step it again
         fn(*chunk, coefficients)
+    increment_version(layout.members)  # the parameters keep their own version counters (see `_run_native`)
     layout.steps.add_(1)
     layout.t += 1
     return True
