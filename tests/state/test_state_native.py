@@ -61,6 +61,13 @@ def native_decode(codes, absmax, signed, lib=None):
     return param.view(blocks, block)
 
 
+def assert_rounds_as_eager(rows, signed):
+    codes, absmax = native_round(rows, signed)
+    expected_codes, expected_absmax = quantize.quantize_rows(rows, signed)
+    assert torch.equal(absmax, expected_absmax)
+    assert torch.equal(codes, expected_codes), int((codes != expected_codes).sum())
+
+
 def adversarial(signed, block):
     """Blocks of values that probe the rounding: every code, every tie and the float32 numbers either side of
     it, random values in every decade; each block holds 1.0 so that its values are the normalized ones."""
@@ -85,22 +92,15 @@ def adversarial(signed, block):
 def test_rounding_gives_the_eager_codes_and_scales_bit_for_bit(signed, block):
     rows = adversarial(signed, block)
     for scale in (1.0, 3.7, 2.0**-20):  # exact ties at 1; at other scales the division moves them
-        x = rows * scale
-        codes, absmax = native_round(x, signed)
-        expected_codes, expected_absmax = quantize.quantize_rows(x, signed)
-        assert torch.equal(absmax, expected_absmax)
-        assert torch.equal(codes, expected_codes), int((codes != expected_codes).sum())
+        assert_rounds_as_eager(rows * scale, signed)
 
 
 @pytest.mark.parametrize("signed", [True, False])
 def test_a_million_random_values_round_as_eager(signed):
     # every block its own scale and spread: heavy tails put values in every decade
     g = torch.Generator().manual_seed(6)
-    rows = torch.randn(4096, 256, generator=g) ** 3 * torch.logspace(-20, 20, 4096).view(-1, 1)
-    codes, absmax = native_round(rows, signed)
-    expected_codes, expected_absmax = quantize.quantize_rows(rows, signed)
-    assert torch.equal(absmax, expected_absmax)
-    assert torch.equal(codes, expected_codes), int((codes != expected_codes).sum())
+    assert_rounds_as_eager(torch.randn(4096, 256, generator=g) ** 3 * torch.logspace(-20, 20, 4096).view(-1, 1),
+                           signed)
 
 
 @pytest.mark.parametrize("signed", [True, False])
