@@ -64,11 +64,8 @@ def without_native(step: Callable[[], object]) -> Callable[[], object]:
     """`step` with the native 8-bit kernel switched off while it runs: inductor's generated code."""
 
     def run() -> object:
-        previous = native.set_enabled(False)
-        try:
+        with native.disabled():
             return step()
-        finally:
-            native.set_enabled(previous)
 
     return run
 
@@ -123,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, threads {args.threads}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}; ms of {args.clock} time per step "
           f"(median of {args.repeats}, round-robin)")
-    kernel = "native kernel" if native.available() else f"inductor (native kernel missing: {native.build_error()})"
+    if args.backend != "inductor":
+        kernel = f"the {args.backend!r} backend's code (the native kernel stands in for inductor only)"
+    elif native.available():
+        kernel = "native kernel"
+    else:
+        kernel = f"inductor (native kernel missing: {native.build_error()})"
     print(f"compiled-8 runs on: {kernel}")
     print(f"{'optimizer':>10} {'shape':>9} " + " ".join(f"{c:>11}" for c in CONTENDERS)
           + f" {'8/32 comp':>9} {'ind/32':>7}")

@@ -14,35 +14,17 @@ import torch
 import gradwise as gw
 import gradwise.state  # noqa: F401  (registers state_bits)
 from checkpoint_io import roundtrip
+from eight_bit_problem import EIGHT_BIT, layouts, parameters, run
 from gradwise.core import compiled_state
 from gradwise.core.compiled_state import QuantizedLayout
 from gradwise.state import native
 
 NAMES = ["adamw", "adabelief", "adan"]
-SHAPES = [(40, 30), (1000,), (7,), (333, 3), (256,)]  # not multiples of the block; (7,) stays 32-bit
 BIG = [(40, 30), (1000,), (333, 3), (256,)]
-EIGHT_BIT = dict(state_bits=8, state_block=64, state_min_size=200)
-
-
-def parameters(seed=0, shapes=SHAPES):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g).requires_grad_() for s in shapes]
 
 
 def make(name, params, compile=False):
     return gw.create(name, params, lr=1e-2, weight_decay=0.1, compile=compile, **EIGHT_BIT)
-
-
-def run(opt, params, steps, start=0):
-    for k in range(start, start + steps):
-        opt.zero_grad()
-        sum((torch.sin(p * (1 + (k + i) % 3)) * p).sum() for i, p in enumerate(params)).backward()
-        opt.step()
-
-
-def layouts(opt):
-    holder = getattr(opt._compiled, "_gradwise_quantized", None)
-    return [] if holder is None else [layout for found in holder.layouts.values() for layout in found]
 
 
 def assert_same_state(a, b, exact_codes=True):

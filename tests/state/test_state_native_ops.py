@@ -146,11 +146,3 @@ def test_bounded_step(t, final_lr, gamma, ams):
 def test_friction_step(t, non_finite):
     chain = (first_moment(0.9), second_moment(0.999), friction_adam_step(0.05, 0.9, 0.999, 1e-8))
     assert check(chain, ["exp_avg", "exp_avg_sq", "previous_grad"], t, non_finite=non_finite) > 0
-
-
-def test_the_friction_constant_is_torchs_float32_scalar():
-    # the kernel writes float32(-1 / ln 2) as a literal; torch rounds the Python scalar of the eager kernel
-    from gradwise.transforms.friction import LOG2_E
-
-    x = torch.tensor([1.0])
-    assert float(x.mul(-LOG2_E)) == -1.4426950216293335

@@ -290,10 +290,14 @@ def _run_native(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
     except native.NativeUnsupported:
         holder.native[nkey] = False  # the chain's shape decides it: not asked again
         return False
+    try:  # refused before anything is written (buffers it cannot take): inductor's code takes over
+        native.run_program(ops, count, layout.param, layout.grad, [layout.codes[k] for k, _ in layout.keys],
+                           [layout.absmax[k] for k, _ in layout.keys], [signed for _, signed in layout.keys],
+                           layout.valid_counts, layout.block, maximize=bool(signature[0]))
+    except native.NativeUnsupported:
+        holder.native[nkey] = False
+        return False
     holder.native[nkey] = True
-    native.run_program(ops, count, layout.param, layout.grad, [layout.codes[k] for k, _ in layout.keys],
-                       [layout.absmax[k] for k, _ in layout.keys], [signed for _, signed in layout.keys],
-                       layout.valid_counts, layout.block, maximize=bool(signature[0]))
     # written behind torch's back: tell autograd, as an in-place op would (the state's views share their buffer's
     # counter; the parameters, re-pointed by p.data, keep their own)
     increment_version([*layout.members, layout.param, *layout.codes.values(), *layout.absmax.values()])

@@ -2,13 +2,14 @@
 
    Built on first use by gradwise/state/native.py with the C compiler that torch.compile needs on the CPU, and
    called through ctypes. One call runs a whole flat bucket (the layout of gradwise.core.compiled_state): for
-   each block of `block` values it decodes every state key into a float32 scratch row (a table look-up and one
-   multiplication), runs the chain's transforms over the block as a short program of elementwise ops (`gw_op`,
-   the arithmetic of each transform's torch kernel, in float32), zeroes the padding, takes each key's absmax,
-   and rounds back to the dynamic code map with the packed rounding table of gradwise.state.quantize. The block
-   stays in the first-level cache from decoding to rounding, so the step reads and writes each byte of state
-   once, which the generated code of torch.compile cannot do (it re-runs the update to round after the block's
-   maximum is known, and loads table entries one lane at a time).
+   each block of `block` values, strip by strip (GW_STRIP values, kept in the first-level cache), it decodes
+   every state key into a float32 scratch row (the exact fraction of the code's decade times the block scale;
+   the scalar tail reads the table), copies the gradient and runs the chain's transforms as a short program of
+   elementwise ops (`gw_op`, the arithmetic of each transform's torch kernel, in float32); then it zeroes the
+   padding, takes each key's absmax and rounds back to the dynamic code map without a table (`round8`; the
+   packed rounding table of gradwise.state.quantize only near ties and in the scalar tail). The step reads and
+   writes each byte of state once, which the generated code of torch.compile cannot do (it re-runs the update
+   to round after the block's maximum is known, and loads table entries one lane at a time).
 
    The arithmetic matches gradwise.state.quantize: the same decoded values (the table's float32 numbers), the
    same codes and scales for the values the update produces (ties decided on the exact quotient by the table),

@@ -3,15 +3,18 @@
 The compiled 8-bit path (`gradwise.core.compiled_state`) lays a bucket's parameters, gradients, codes and block
 scales out as flat buffers. Under `compile=True` (inductor) its step runs here when every transform of the
 chain has a native form (`Transform.native`): the chain becomes a short program of elementwise ops
-(`program`), and `_native8bit.c` runs it over each block of the bucket while the block is in the first-level
-cache: decode every state key (a table look-up and one multiplication), run the ops, zero the padding, take
-each key's absmax, round to the dynamic map (the packed rounding table of `gradwise.state.quantize`). Each
-byte of state is read and written once. inductor's code for the same step re-runs the update to round it
-after the block's maximum is known and loads table entries one vector lane at a time; it took 6-9 times the
-compiled 32-bit step, where this kernel is meant to come close to it (benchmarks/state_speed.py).
+(`program`), and `_native8bit.c` runs it over each block of the bucket, in strips that stay in the first-level
+cache: decode every state key (a code's value is the exact fraction of its decade, (9 m + P_j) / Q_j, times
+the block scale: the table's numbers), copy the gradient, run the ops; then zero the padding, take each key's
+block absmax and round to the dynamic map without a table (the decade by a binary search over the decades'
+starts, the index from the decade's even grid; the table's exact rule, `round_one`, only within 1/2048 of a
+step of a tie). Each byte of state is read and written once. inductor's code for the same step re-runs the
+update to round it after the block's maximum is known and loads table entries one vector lane at a time; it
+took 6-9 times the compiled 32-bit step, this kernel about 3 times (benchmarks/state_speed.py,
+benchmarks/native_breakdown.py; the step is bound by the instructions of decoding and rounding).
 
 The kernel is built on first use with the C compiler that torch.compile already needs on the CPU (`$CC`, else
-`cc`, `gcc`, `clang`), with `-O3 -march=native` (AVX2 gathers where the CPU has them, else plain loops), and
+`cc`, `gcc`, `clang`), with `-O3 -march=native` (AVX2 vector code where the CPU has it, else plain C loops), and
 kept in a cache directory (`$GRADWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/gradwise`, else `~/.cache/gradwise`)
 under a name that hashes the source, the flags, the compiler and the CPU, so a home directory shared by
 different machines never runs a build made for another CPU. Without a compiler (or with
@@ -28,14 +31,15 @@ that goes through sqrt may differ from eager by an ulp, and a state value on the
 then round one step the other way, as with inductor's code. Only float32
 parameters take this path (the flat 8-bit path's rule), on the CPU.
 
-Threads: the bucket's blocks are split over `torch.get_num_threads()` threads (blocks are independent, so the
-result does not depend on the count): through torch's own OpenMP runtime where torch runs on GNU OpenMP (the
+Threads: the bucket's blocks are split over `torch.get_num_threads()` threads, at most one per 4 blocks (blocks
+are independent, so the result does not depend on the count): through torch's own OpenMP runtime where torch runs on GNU OpenMP (the
 library is then built with -fopenmp and joins the libgomp torch loaded), else POSIX threads. A second pool would
 compete with torch's threads, which keep spinning for a while after each parallel region.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -46,7 +50,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +58,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["OPS", "NativeUnsupported", "available", "build_error", "library", "load", "program", "run_program",
-           "set_enabled"]
+           "set_enabled", "disabled"]
 
 _SOURCE = Path(__file__).with_name("_native8bit.c")
 _FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
@@ -194,13 +198,15 @@ def load(flags: Sequence[str]) -> tuple[Any | None, str | None]:
 
 
 def _torch_openmp() -> bool:
-    """Whether torch runs its threads on GNU OpenMP, already loaded in this process (on Linux: a libgomp.so.1 in
-    the process's maps), so that a build with -fopenmp joins that runtime instead of starting a second one."""
+    """Whether torch runs its threads on GNU OpenMP loaded under the name a -fopenmp build asks for: a
+    `libgomp.so.1` among the process's mapped files (Linux), which the build's dependency then resolves to,
+    joining that runtime instead of starting a second one. (A torch that bundles a renamed copy,
+    libgomp-<hash>.so.1, would not be joined: the build then uses POSIX threads.)"""
     if "OpenMP" not in torch.__config__.parallel_info():
         return False
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            return any("libgomp" in line for line in f)
+            return any(os.path.basename(line.split()[-1]) == "libgomp.so.1" for line in f if "/" in line)
     except OSError:
         return False
 
@@ -235,6 +241,16 @@ def set_enabled(flag: bool) -> bool:
     return previous
 
 
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """`set_enabled(False)` inside the block, the previous setting after it."""
+    previous = set_enabled(False)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
+
+
 def available() -> bool:
     """Whether the compiled 8-bit step runs on the native kernel: enabled, and the kernel builds here."""
     return _enabled and library() is not None
@@ -246,11 +262,12 @@ def build_error() -> str | None:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise NativeUnsupported("a coefficient that is not a scalar")
+    if isinstance(value, Tensor) and value.numel() != 1:
+        raise NativeUnsupported("a coefficient that is not a scalar")
+    try:
         return float(value)
-    return float(value)
+    except (TypeError, ValueError) as error:  # None, or an object that is not a number
+        raise NativeUnsupported(f"a coefficient that is not a number: {value!r}") from error
 
 
 def program(chain: Sequence[Any], keys: Sequence[str], t: float) -> Any:
