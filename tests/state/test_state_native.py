@@ -124,6 +124,15 @@ def test_zero_constant_and_non_finite_blocks_round_as_eager(signed):
     assert torch.equal(codes, expected_codes)
 
 
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("size", [1e-39, 1e-40, 8e-45, 3e-39, 1.2e-38, 3e38])
+def test_blocks_of_denormal_or_huge_values_round_as_eager(signed, size):
+    # below 2^-128 the reciprocal of the absmax overflows: such blocks take the table's rule on the quotient
+    rows = (torch.rand(4, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1) * size
+    rows[:, 0] = size
+    assert_rounds_as_eager(rows, signed)
+
+
 def test_the_padding_of_a_block_rounds_as_zero():
     rows = torch.randn(3, 64, generator=torch.Generator().manual_seed(3)) * 5
     valid = torch.tensor([64, 10, 0], dtype=torch.int32)  # the last block is empty: left alone

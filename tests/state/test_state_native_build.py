@@ -30,6 +30,7 @@ def test_the_kernel_is_built_once_into_the_cache_directory(tmp_path, monkeypatch
     lib, error = native.load(native._FLAGS)
     assert lib is not None, error
     (built,) = tmp_path.glob("native8bit-*.so")
+    assert built.stat().st_mode & 0o755 == 0o755  # others sharing the cache can load it
     stamp = built.stat().st_mtime_ns
     again, _ = native.load(native._FLAGS)
     assert again is not None and built.stat().st_mtime_ns == stamp and len(list(tmp_path.iterdir())) == 1

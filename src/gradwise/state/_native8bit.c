@@ -264,7 +264,8 @@ static void encode_row(const float *x, float absmax, const int32_t *table, const
     }
     const float scale = absmax > 0.0f ? absmax : 1.0f; /* NaN > 0 is false: a non-finite block has scale 1 */
 #if defined(__AVX2__)
-    if (absmax > 0.0f) { /* finite: every x / absmax is in [-1, 1] */
+    /* finite, and not so small that its reciprocal overflows (below 2^-128): every x / absmax is in [-1, 1] */
+    if (absmax > 0.0f && isfinite(1.0f / scale)) {
         const gw_rounder r = make_rounder(codec);
         const __m256 inverse = _mm256_set1_ps(1.0f / scale);
         const __m256i signed_zero = _mm256_set1_epi16(GW_SIGNED_ZERO);

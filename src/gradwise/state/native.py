@@ -32,9 +32,10 @@ then round one step the other way, as with inductor's code. Only float32
 parameters take this path (the flat 8-bit path's rule), on the CPU.
 
 Threads: the bucket's blocks are split over `torch.get_num_threads()` threads, at most one per 4 blocks (blocks
-are independent, so the result does not depend on the count): through torch's own OpenMP runtime where torch runs on GNU OpenMP (the
-library is then built with -fopenmp and joins the libgomp torch loaded), else POSIX threads. A second pool would
-compete with torch's threads, which keep spinning for a while after each parallel region.
+are independent, so the result does not depend on the count): through torch's own OpenMP runtime where torch
+runs on GNU OpenMP (the library is then built with -fopenmp and joins the libgomp torch loaded), else POSIX
+threads. A second pool would compete with torch's threads, which keep spinning for a while after each parallel
+region.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def _compile(compiler: str, flags: Sequence[str], target: Path) -> str | None:
                               timeout=120, check=False)
         if done.returncode != 0:
             return (done.stderr or done.stdout).strip()[-500:] or f"exit status {done.returncode}"
+        os.chmod(partial, 0o755)  # mkstemp's file is private: others sharing the cache must be able to load it
         os.replace(partial, target)  # atomic: processes building at once each install a whole file
         return None
     except (OSError, subprocess.SubprocessError) as error:
