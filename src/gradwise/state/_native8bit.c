@@ -303,6 +303,27 @@ static inline float lerp1(float start, float end, float w) {
     return fabsf(w) < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
 }
 
+/* 2^x for x <= 0 (NaN stays NaN) as the compiled float32 step computes it (gradwise.transforms.friction
+   `exp2_nonpositive`): x clamped to -126, 2^n p(x - n) with n = floor(x), the polynomial EXP2_FRACTION and 2^n
+   written into the exponent bits. Within an ulp of torch's exp2 before diffGrad adds 1 (tests); unlike libm's
+   exp2f, the loop around it vectorises. */
+static inline float exp2_nonpositive(float x) {
+    x = x < -126.0f ? -126.0f : x;
+    float whole = floorf(x);
+    float fraction = x - whole;
+    float power = 0.00021704331961960359f;
+    power = power * fraction + 0.0012439082689481157f;
+    power = power * fraction + 0.009678906701186301f;
+    power = power * fraction + 0.055483309391873306f;
+    power = power * fraction + 0.24022984349140653f;
+    power = power * fraction + 0.6931469832666615f;
+    power = power * fraction + 1.0000000018629913f;
+    int32_t exponent = ((int32_t)(whole == whole ? whole : 0.0f) + 127) << 23; /* 2^n, n in [-126, 0] */
+    float scale;
+    memcpy(&scale, &exponent, sizeof scale);
+    return power * scale;
+}
+
 static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *restrict u, float **s, int32_t n) {
     for (int32_t o = 0; o < nops; o++) {
         const gw_op op = prog[o];
@@ -460,7 +481,7 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
                p.addcdiv_(m, v.sqrt().add_(eps).mul_(e), value=k1), addcdiv being p + (k1 m) / d */
             const float minus_log2e = -1.4426950408889634f; /* float32(-1 / ln 2), as torch rounds the scalar */
             for (int32_t i = 0; i < n; i++) {
-                float e = exp2f(fabsf(c[i] - u[i]) * minus_log2e) + 1.0f;
+                float e = exp2_nonpositive(fabsf(c[i] - u[i]) * minus_log2e) + 1.0f;
                 c[i] = u[i];
                 p[i] = p[i] + (k1 * a[i]) / ((sqrtf(b[i]) + k0) * e);
             }

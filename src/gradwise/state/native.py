@@ -62,7 +62,7 @@ __all__ = ["OPS", "NativeUnsupported", "available", "build_error", "library", "l
            "set_enabled", "disabled"]
 
 _SOURCE = Path(__file__).with_name("_native8bit.c")
-_FLAGS = ("-O3", "-fno-math-errno", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
+_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
 _NATIVE_FLAGS = ("-march=native",)
 _OPENMP_FLAGS = ("-fopenmp",)
 
