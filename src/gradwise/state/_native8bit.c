@@ -100,9 +100,6 @@ typedef struct {
 #define GW_LOWEST ((127 - 30) << 8)
 #define GW_BUCKETS ((30 + 1) << 8)
 #define GW_SIGNED_ZERO 127
-#ifndef GW_COUNT_SLOW
-#define GW_COUNT_SLOW
-#endif
 
 
 static void decode_row(const uint8_t *codes, const float *table, const gw_codec *codec, int is_signed,
@@ -285,7 +282,7 @@ static void encode_row(const float *x, float absmax, const int32_t *table, const
             __m256i bytes = _mm256_packus_epi16(words, words);
             __m256i ordered = _mm256_permutevar8x32_epi32(bytes, order);
             _mm_storeu_si128((__m128i *)(codes + i), _mm256_castsi256_si128(ordered));
-            if (slow0 | slow1) { GW_COUNT_SLOW; /* near a tie: the table's rule on the exact quotient */
+            if (slow0 | slow1) { /* near a tie: the table's rule on the exact quotient */
                 int slow = slow0 | (slow1 << 8);
                 for (int l = 0; l < 16; l++)
                     if (slow & (1 << l)) codes[i + l] = (uint8_t)round_one(x[i + l] / scale, table, is_signed);
