@@ -40,6 +40,18 @@ def test_the_kernel_is_built_once_into_the_cache_directory(tmp_path, monkeypatch
     assert len(list(tmp_path.glob("native8bit-*.so"))) == 2
 
 
+def test_an_unwritable_cache_directory_falls_back_to_the_temporary_one(tmp_path, monkeypatch):
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("GRADWISE_CACHE_DIR", str(blocked / "cache"))  # cannot be made: its parent is a file
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    lib, error = native.load(native._FLAGS)
+    assert lib is not None, error
+    assert list((tmp_path / "tmp").glob("gradwise-*/native8bit-*.so"))
+
+
 def test_a_failing_build_says_why_and_leaves_no_partial_file(tmp_path, monkeypatch):
     if native._compiler() is None:
         pytest.skip("no C compiler")

@@ -173,14 +173,23 @@ def load(flags: Sequence[str]) -> tuple[Any | None, str | None]:
     for part in (_SOURCE.read_bytes(), repr(tuple(flags)).encode(), compiler.encode(), version.encode(),
                  _cpu_identity().encode(), platform.machine().encode()):
         digest.update(part)
-    target = _cache_dir() / f"native8bit-{digest.hexdigest()[:20]}.so"
-    if not target.exists():
+    name = f"native8bit-{digest.hexdigest()[:20]}.so"
+    # the cache directory, else (not writable: a read-only home) a private one in the temporary directory
+    fallback = Path(tempfile.gettempdir()) / f"gradwise-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    for directory in (_cache_dir(), fallback):
+        target = directory / name
+        if target.exists():
+            break
         try:
             failed = _compile(compiler, flags, target)
-        except OSError as error:  # the cache directory cannot be made
-            failed = str(error)
+        except OSError as error:  # the directory cannot be made or written
+            failed = f"{directory}: {error}"
+            continue
         if failed is not None:
             return None, failed
+        break
+    else:
+        return None, failed
     try:
         lib = ctypes.CDLL(str(target))
     except OSError as error:
