@@ -15,9 +15,10 @@ benchmarks/native_breakdown.py; the step is bound by the instructions of decodin
 
 The kernel is built on first use with the C compiler that torch.compile already needs on the CPU (`$CC`, else
 `cc`, `gcc`, `clang`), with `-O3 -march=native` (AVX2 vector code where the CPU has it, else plain C loops), and
-kept in a cache directory (`$GRADWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/gradwise`, else `~/.cache/gradwise`)
-under a name that hashes the source, the flags, the compiler and the CPU, so a home directory shared by
-different machines never runs a build made for another CPU. Without a compiler (or with
+kept in a cache directory (`$GRADWISE_CACHE_DIR`, else `$XDG_CACHE_HOME/gradwise`, else `~/.cache/gradwise`;
+a private directory under the temporary one where that cannot be written) under a name that hashes the
+source, the flags, the compiler and the CPU, so a home directory shared by different machines never runs a
+build made for another CPU. Without a compiler (or with
 `GRADWISE_NATIVE_8BIT=0`) the step stays with inductor's generated code, which gives the same codes up to a
 rare one-step difference on the edge between two codes.
 
