@@ -9,14 +9,16 @@ from gradwise.state import native
 
 
 @pytest.fixture
-def fresh_library():
-    """`native.library()` asked anew inside the test, and again after it (its result is cached per process)."""
+def fresh_library(monkeypatch):
+    """`native.library()` asked anew inside the test, and again after it (its result is cached per process), with
+    the kernel not switched off by the environment (a test may switch it off itself)."""
+    monkeypatch.delenv("GRADWISE_NATIVE_8BIT", raising=False)
     native.library.cache_clear()
     yield
     native.library.cache_clear()
 
 
-def test_where_a_c_compiler_exists_the_kernel_builds_and_loads():
+def test_where_a_c_compiler_exists_the_kernel_builds_and_loads(monkeypatch, fresh_library):
     if native._compiler() is None:
         pytest.skip("no C compiler: the compiled 8-bit step keeps inductor's code")
     assert native.library() is not None, native.build_error()
