@@ -242,14 +242,15 @@ CONFIGS = [
 ]
 @pytest.fixture
 def native_calls(monkeypatch):
+    """The kernel's calls (`native.Bound.__call__`, through which every step on the kernel goes), counted."""
     calls = []
-    real = native.run_program
+    real = native.Bound.__call__
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(native, "run_program", counted)
+    monkeypatch.setattr(native.Bound, "__call__", counted)
     return calls
 
 
@@ -409,3 +410,14 @@ def test_a_program_refuses_unknown_ops_missing_keys_and_too_many_coefficients():
         native.program([op("lerp", "exp_avg")], ["s"], 1)
     with pytest.raises(native.NativeUnsupported, match="more than 8"):
         native.program([op("decay_p", coefficients=(1.0,) * 9)], ["s"], 1)
+
+
+def test_the_empty_blocks_that_complete_the_last_chunk_are_not_handed_to_the_kernel(monkeypatch, native_calls):
+    # inductor's path pads a bucket to whole chunks; the kernel's threads share only the blocks that hold values
+    monkeypatch.setattr(compiled_state, "_CHUNK_VALUES", 3 * 64)
+    params = parameters(shapes=[(40, 30), (1000,), (333, 3), (256,)])
+    opt = gw.create("adamw", params, lr=1e-2, compile=True, **EIGHT_BIT)
+    run(opt, params, 2)
+    (layout,) = layouts(opt)
+    assert layout.param.numel() == 57 * 64 and len(native_calls) == 2
+    assert layout.native_call.blocks == 55  # 19 + 16 + 16 + 4 blocks of 64

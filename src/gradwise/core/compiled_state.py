@@ -116,6 +116,7 @@ class QuantizedLayout(_BucketViews):
             st["step"] = self.steps[i]
             self.views["step"].append(st["step"])
         self.valid_counts = valid.to(device)  # int32, for the native kernel (gradwise.state.native)
+        self.native_call: Any = None  # its arguments over these buffers (native.Bound), made on first use
         self.valid = valid.to(device=device, dtype=torch.float32)  # exact: a block holds fewer than 2^24 values
         # what the compiled function receives: (blocks, block) views of the flat buffers, or (blocks, block / 8, 8)
         # when the block is a multiple of 8, so that the codes are read as int32 words (`dequantize_rows`)
@@ -198,7 +199,8 @@ class _Quantized:
         self.layouts: dict[tuple, list[QuantizedLayout]] = {}
         self.functions: dict[tuple, Callable | None] = {}
         self.slots: dict[tuple, list] = {}
-        self.native: dict[tuple, bool] = {}  # whether a chain runs on the native kernel (False: it has no form)
+        # per chain: its native program (gradwise.state.native.Program), or False where it has no native form
+        self.native: dict[tuple, Any] = {}
 
 
 def _holder(step: Any) -> _Quantized:
@@ -278,32 +280,41 @@ def _native() -> Any:
 def _run_native(step: Any, holder: _Quantized, gi: int, key: tuple, layout: QuantizedLayout, chain: tuple,
                 signature: tuple) -> bool:
     """The step as one call of the native fused kernel (`gradwise.state.native`) under the inductor backend on
-    the CPU; False (nothing written) when the kernel is not available or the chain has no native form."""
+    the CPU; False (nothing written) when the kernel is not available or the chain has no native form. The
+    chain's program is built once per chain signature, the kernel's arguments once per layout."""
     if step.backend != "inductor" or layout.param.device.type != "cpu":
         return False
     native = _native()
     nkey = (gi, key, signature, layout.keys)
-    if holder.native.get(nkey) is False or not native.available():
+    built = holder.native.get(nkey)
+    if built is False or not native.available():
         return False
     try:
-        ops, count = native.program(chain, [k for k, _ in layout.keys], layout.t + 1)
-    except native.NativeUnsupported:
-        holder.native[nkey] = False  # the chain's shape decides it: not asked again
-        return False
-    try:  # refused before anything is written (buffers it cannot take): inductor's code takes over
-        native.run_program(ops, count, layout.param, layout.grad, [layout.codes[k] for k, _ in layout.keys],
-                           [layout.absmax[k] for k, _ in layout.keys], [signed for _, signed in layout.keys],
-                           layout.valid_counts, layout.block, maximize=bool(signature[0]))
-    except native.NativeUnsupported:
+        if built is None:
+            built = holder.native[nkey] = native.Program(chain, [k for k, _ in layout.keys])
+        ops = built.at(chain, layout.t + 1)
+        if layout.native_call is None:
+            layout.native_call = native.Bound(
+                layout.param, layout.grad, [layout.codes[k] for k, _ in layout.keys],
+                [layout.absmax[k] for k, _ in layout.keys], [signed for _, signed in layout.keys],
+                layout.valid_counts, layout.block)
+        layout.native_call(ops, built.count, maximize=bool(signature[0]))
+    except native.NativeUnsupported:  # refused before anything is written: inductor's code takes over for good
         holder.native[nkey] = False
         return False
-    holder.native[nkey] = True
     # written behind torch's back: tell autograd, as an in-place op would (the state's views share their buffer's
-    # counter; the parameters, re-pointed by p.data, keep their own)
-    increment_version([*layout.members, layout.param, *layout.codes.values(), *layout.absmax.values()])
+    # counter, moved here too)
+    increment_version([layout.param, *layout.codes.values(), *layout.absmax.values()])
+    _stepped(layout)
+    return True
+
+
+def _stepped(layout: QuantizedLayout) -> None:
+    """After a step over the layout: count it, and move the parameters' autograd version counters, which the
+    flat buffer's writes do not reach (p.data was re-pointed to a view, which keeps its own counter)."""
+    increment_version(layout.members)
     layout.steps.add_(1)
     layout.t += 1
-    return True
 
 
 def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: QuantizedLayout, chain: tuple,
@@ -342,7 +353,5 @@ def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
         return False
     for chunk in rest:  # outside the fallback: after the first chunk is written, the eager path would step it again
         fn(*chunk, coefficients)
-    increment_version(layout.members)  # the parameters keep their own version counters (see `_run_native`)
-    layout.steps.add_(1)
-    layout.t += 1
+    _stepped(layout)
     return True

@@ -60,8 +60,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["OPS", "NativeUnsupported", "available", "build_error", "library", "load", "program", "run_program",
-           "set_enabled", "disabled"]
+__all__ = ["OPS", "Bound", "NativeUnsupported", "Program", "available", "build_error", "disabled", "library", "load",
+           "program", "run_program", "set_enabled"]
 
 _SOURCE = Path(__file__).with_name("_native8bit.c")
 _FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-fPIC", "-shared", "-pthread")
@@ -283,33 +283,52 @@ def _number(value: Any) -> float:
         raise NativeUnsupported(f"a coefficient that is not a number: {value!r}") from error
 
 
-def program(chain: Sequence[Any], keys: Sequence[str], t: float) -> Any:
-    """The chain's ops for step `t` as a ctypes array (one `_Op` per op), its state keys mapped to the slots
-    of `keys`; raises NativeUnsupported when a transform has no native form."""
-    ops: list[tuple[int, int, int, int, tuple[float, ...]]] = []
-    slot = {key: i for i, key in enumerate(keys)}
-    for tr in chain:
-        native = getattr(tr, "native", None)
-        if native is None:
-            raise NativeUnsupported("a transform without a native form")
-        name, *names = native
-        if name == "identity":
-            continue
-        if name not in OPS:
-            raise NativeUnsupported(f"unknown native op {name!r}")
-        code, count = OPS[name]
-        if len(names) != count or any(k not in slot for k in names):
-            raise NativeUnsupported(f"native op {name!r}: state keys {names} not in the layout")
-        values = tuple(_number(v) for v in (tr.coefficients(t) if tr.coefficients is not None else ()))
-        if len(values) > _COEFFICIENTS:
-            raise NativeUnsupported(f"native op {name!r}: more than {_COEFFICIENTS} coefficients")
-        a, b, c = [slot[k] for k in names] + [-1] * (3 - len(names))
-        ops.append((code, a, b, c, (*values, *(0.0,) * (_COEFFICIENTS - len(values)))))
-    array = (_Op * max(1, len(ops)))()
-    for i, (code, a, b, c, k) in enumerate(ops):
-        array[i].op, array[i].a, array[i].b, array[i].c = code, a, b, c
-        array[i].k[:] = list(k)
-    return array, len(ops)
+class Program:
+    """A chain as the kernel's ops, built once per chain structure: op codes and state slots fixed, coefficients
+    refilled each step from that step's chain (`at`; a chain is rebuilt each step and may carry new numbers,
+    e.g. Adan's clipping factor). Raises NativeUnsupported when a transform has no native form or does not fit
+    the layout's keys."""
+
+    def __init__(self, chain: Sequence[Any], keys: Sequence[str]) -> None:
+        slot = {key: i for i, key in enumerate(keys)}
+        self.positions = []  # the chain's transforms that are ops (identities are left out)
+        structure = []
+        for i, tr in enumerate(chain):
+            native = getattr(tr, "native", None)
+            if native is None:
+                raise NativeUnsupported("a transform without a native form")
+            name, *names = native
+            if name == "identity":
+                continue
+            if name not in OPS:
+                raise NativeUnsupported(f"unknown native op {name!r}")
+            code, count = OPS[name]
+            if len(names) != count or any(k not in slot for k in names):
+                raise NativeUnsupported(f"native op {name!r}: state keys {names} not in the layout")
+            self.positions.append(i)
+            structure.append((code, *[slot[k] for k in names], *[-1] * (3 - len(names))))
+        self.count = len(structure)
+        self.ops = (_Op * max(1, self.count))()
+        for op, (code, a, b, c) in zip(self.ops, structure, strict=False):
+            op.op, op.a, op.b, op.c = code, a, b, c
+
+    def at(self, chain: Sequence[Any], t: float) -> Any:
+        """The ops array with the coefficients of `chain` (of this program's structure) at step `t`; the array
+        is reused, so one program runs at a time."""
+        for op, i in zip(self.ops, self.positions, strict=False):
+            tr = chain[i]
+            values = [_number(v) for v in (tr.coefficients(t) if tr.coefficients is not None else ())]
+            if len(values) > _COEFFICIENTS:
+                raise NativeUnsupported(f"native op {tr.native[0]!r}: more than {_COEFFICIENTS} coefficients")
+            op.k[:] = values + [0.0] * (_COEFFICIENTS - len(values))
+        return self.ops
+
+
+def program(chain: Sequence[Any], keys: Sequence[str], t: float) -> tuple[Any, int]:
+    """The chain's ops for step `t` as a ctypes array (one `_Op` per op) and their count, its state keys mapped
+    to the slots of `keys` (`Program` built and filled once)."""
+    built = Program(chain, keys)
+    return built.at(chain, t), built.count
 
 
 @functools.cache
@@ -335,38 +354,61 @@ def _tables() -> tuple[Tensor, ...]:
             *codecs)
 
 
+class Bound:
+    """The kernel's arguments for one set of buffers, checked and packed once (a layout's buffers stay in place):
+    flat float32 `param` and `grad` (a whole number of blocks), the flat uint8 `codes` and float32 `absmax` of
+    each state key, and `valid` (int32, one per block: each block's values before its padding; 0, an empty
+    block, left alone). Empty blocks at the end are not handed to the kernel at all, so that they take no
+    thread's share. `lib`: a kernel from `load` instead of `library()`."""
+
+    def __init__(self, param: Tensor, grad: Tensor, codes: Sequence[Tensor], absmax: Sequence[Tensor],
+                 signed: Sequence[bool], valid: Tensor, block: int, lib: Any = None) -> None:
+        self.lib: Any = library() if lib is None else lib
+        if self.lib is None:
+            raise NativeUnsupported(f"the native 8-bit kernel is not available: {_build_error}")
+        n = param.numel()
+        blocks = n // block
+        for name, tensor, dtype, size in (("param", param, torch.float32, n), ("grad", grad, torch.float32, n),
+                                          ("valid", valid, torch.int32, blocks)):
+            if tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous() \
+                    or tensor.numel() != size:
+                raise NativeUnsupported(f"{name}: needs a contiguous {dtype} CPU tensor of {size} values")
+        if blocks * block != n or len(codes) != len(absmax) or len(codes) != len(signed) \
+                or not 1 <= len(codes) <= MAX_KEYS:
+            raise NativeUnsupported("the buffers do not form whole blocks of every key")
+        for c, a in zip(codes, absmax, strict=True):
+            if c.dtype != torch.uint8 or c.numel() != n or not c.is_contiguous() or a.dtype != torch.float32 \
+                    or a.numel() != blocks or not a.is_contiguous() or c.device.type != "cpu":
+                raise NativeUnsupported("codes and scales must be contiguous CPU uint8 / float32 buffers")
+        filled = valid.nonzero()
+        self.blocks = int(filled[-1]) + 1 if len(filled) else 0  # up to the last block that holds values
+        self.block, self.keys = block, len(codes)
+        self.tensors = (param, grad, valid, *codes, *absmax)  # kept alive while their pointers are
+        self.code_ptrs = (ctypes.c_void_p * len(codes))(*(c.data_ptr() for c in codes))
+        self.scale_ptrs = (ctypes.c_void_p * len(absmax))(*(a.data_ptr() for a in absmax))
+        self.flags = (ctypes.c_int32 * len(signed))(*(1 if s else 0 for s in signed))
+        self.pointers = (param.data_ptr(), grad.data_ptr())
+        self.scratch = torch.empty(0)
+
+    def __call__(self, ops: Any, count: int, maximize: bool, threads: int | None = None) -> None:
+        """One step of the ops (from `Program.at`) over the buffers, in place."""
+        wanted = threads if threads is not None else torch.get_num_threads()
+        threads = max(1, min(wanted, MAX_THREADS, self.blocks // 4))
+        size = threads * (self.keys + 1) * self.block
+        if self.scratch.numel() < size:
+            self.scratch = torch.empty(size, dtype=torch.float32)
+        status = self.lib.gw8_step(ops, count, *self.pointers, 1 if maximize else 0,
+                                   ctypes.cast(self.code_ptrs, ctypes.c_void_p),
+                                   ctypes.cast(self.scale_ptrs, ctypes.c_void_p),
+                                   ctypes.cast(self.flags, ctypes.c_void_p), self.keys,
+                                   self.tensors[2].data_ptr(), self.blocks, self.block,
+                                   *(t.data_ptr() for t in _tables()), self.scratch.data_ptr(), threads)
+        if status != 0:
+            raise NativeUnsupported("the native 8-bit kernel refused its arguments")
+
+
 def run_program(ops: Any, nops: int, param: Tensor, grad: Tensor, codes: Sequence[Tensor],
                 absmax: Sequence[Tensor], signed: Sequence[bool], valid: Tensor, block: int, maximize: bool,
                 threads: int | None = None, lib: Any = None) -> None:
-    """Run `ops` over flat float32 `param` and `grad` (a whole number of blocks) and the flat uint8 `codes` and
-    float32 `absmax` of each state key, in place; `valid` (int32, one per block) counts each block's values
-    before its padding (0: an empty block, left alone). `lib`: a kernel from `load` instead of `library()`."""
-    lib = library() if lib is None else lib
-    if lib is None:
-        raise NativeUnsupported(f"the native 8-bit kernel is not available: {_build_error}")
-    n = param.numel()
-    blocks = n // block
-    for name, tensor, dtype, size in (("param", param, torch.float32, n), ("grad", grad, torch.float32, n),
-                                      ("valid", valid, torch.int32, blocks)):
-        if tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous() \
-                or tensor.numel() != size:
-            raise NativeUnsupported(f"{name}: needs a contiguous {dtype} CPU tensor of {size} values")
-    if blocks * block != n or len(codes) != len(absmax) or len(codes) != len(signed) \
-            or not 1 <= len(codes) <= MAX_KEYS:
-        raise NativeUnsupported("the buffers do not form whole blocks of every key")
-    for c, a in zip(codes, absmax, strict=True):
-        if c.dtype != torch.uint8 or c.numel() != n or not c.is_contiguous() or a.dtype != torch.float32 \
-                or a.numel() != blocks or not a.is_contiguous() or c.device.type != "cpu":
-            raise NativeUnsupported("codes and scales must be contiguous CPU uint8 / float32 buffers")
-    code_ptrs = (ctypes.c_void_p * len(codes))(*(c.data_ptr() for c in codes))
-    scale_ptrs = (ctypes.c_void_p * len(absmax))(*(a.data_ptr() for a in absmax))
-    flags = (ctypes.c_int32 * len(signed))(*(1 if s else 0 for s in signed))
-    tables = _tables()
-    threads = max(1, min(threads if threads is not None else torch.get_num_threads(), MAX_THREADS, blocks // 4))
-    scratch = torch.empty(threads * (len(codes) + 1) * block, dtype=torch.float32)
-    status = lib.gw8_step(ops, nops, param.data_ptr(), grad.data_ptr(), 1 if maximize else 0,
-                          ctypes.cast(code_ptrs, ctypes.c_void_p), ctypes.cast(scale_ptrs, ctypes.c_void_p),
-                          ctypes.cast(flags, ctypes.c_void_p), len(codes), valid.data_ptr(), blocks, block,
-                          *(t.data_ptr() for t in tables), scratch.data_ptr(), threads)
-    if status != 0:
-        raise NativeUnsupported("the native 8-bit kernel refused its arguments")
+    """One step of `ops` over the buffers, in place (`Bound` built for this call)."""
+    Bound(param, grad, codes, absmax, signed, valid, block, lib)(ops, nops, maximize, threads)
