@@ -66,9 +66,14 @@ typedef struct {
    decade j (magnitude indices m in [2^j, 2^(j+1))) the value (9 m + P_j) / Q_j, one float32 division as the
    table's own rounding (`_decode_arithmetic`), and the float32 midpoint `start[j]` between the last magnitude
    below the decade and its first, the table's own number. Unused decades (the signed map has 7) hold P = NaN
-   and start = +inf. */
+   and start = +inf. Derived once in native.py: the same P and Q at slot (127 + j) & 7, the low bits of m's
+   float exponent (decoding); the rounding grid, index = floor(a slope_j + offset_j), slope_j = Q_j / 9 and
+   offset_j = 1/2 - P_j / 9, decade 0's putting its two starts on 1 and 2; each decade's last index. */
 typedef struct {
     float start[8], p[8], q[8];
+    float rotated_p[8], rotated_q[8];
+    float slope[8], offset[8];
+    int32_t high[8];
 } gw_codec;
 
 typedef struct {
@@ -94,28 +99,24 @@ typedef struct {
 #define GW_MAX_KEYS 16
 #define GW_STRIP 128 /* values per strip: decoded and updated while in the first-level cache (measured: 64-192) */
 
-/* the constants of gradwise.state.quantize's rounding table */
-#define GW_SHIFT 15
+/* gradwise.state.quantize's rounding-table constants and friction.EXP2_FRACTION, defined by native.py (-D) from
+   the Python that owns them */
+#if !defined(GW_SHIFT) || !defined(GW_LOWEST) || !defined(GW_BUCKETS) || !defined(GW_SIGNED_ZERO) || \
+    !defined(GW_EXP2_FRACTION)
+#error "build through gradwise.state.native, which defines the quantizer's constants"
+#endif
 #define GW_LOW ((1 << GW_SHIFT) - 1)
-#define GW_LOWEST ((127 - 30) << 8)
-#define GW_BUCKETS ((30 + 1) << 8)
-#define GW_SIGNED_ZERO 127
 
 
 static void decode_row(const uint8_t *codes, const float *table, const gw_codec *codec, int is_signed,
                        float scale, float *out, int32_t n) {
     int32_t i = 0;
 #if defined(__AVX2__)
-    /* the decade's slot is the low 3 bits of m's float exponent (127 + j): tables rotated by 7 */
-    float pr[8], qr[8];
-    for (int d = 0; d < 8; d++) {
-        pr[(d + 7) & 7] = codec->p[d];
-        qr[(d + 7) & 7] = codec->q[d];
-    }
-    const __m256 p = _mm256_loadu_ps(pr), q = _mm256_loadu_ps(qr);
+    /* the decade's slot is the low 3 bits of m's float exponent (127 + j) */
+    const __m256 p = _mm256_loadu_ps(codec->rotated_p), q = _mm256_loadu_ps(codec->rotated_q);
     const __m256 nine = _mm256_set1_ps(9.0f);
     const __m256 s = _mm256_set1_ps(scale), negative = _mm256_set1_ps(-scale);
-    const __m256i zero_code = _mm256_set1_epi32(is_signed ? 127 : 0), izero = _mm256_setzero_si256();
+    const __m256i zero_code = _mm256_set1_epi32(is_signed ? GW_SIGNED_ZERO : 0), izero = _mm256_setzero_si256();
     for (; i + 8 <= n; i += 8) {
         __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i)));
         __m256i offset = c, m = c;
@@ -205,20 +206,13 @@ typedef struct {
 
 static gw_rounder make_rounder(const gw_codec *codec) {
     gw_rounder r;
-    float slope[8], offset[8];
     r.start4 = _mm256_set1_ps(codec->start[4]);
     r.start = _mm256_loadu_ps(codec->start);
-    for (int d = 0; d < 8; d++) {
-        slope[d] = codec->q[d] / 9.0f;
-        offset[d] = 0.5f - codec->p[d] / 9.0f;
-    }
-    slope[0] = 1.0f / (codec->start[1] - codec->start[0]);
-    offset[0] = 1.0f - codec->start[0] * slope[0];
-    r.slope = _mm256_loadu_ps(slope);
-    r.offset = _mm256_loadu_ps(offset);
+    r.slope = _mm256_loadu_ps(codec->slope);
+    r.offset = _mm256_loadu_ps(codec->offset);
     r.near = _mm256_set1_ps((1.0f / 2048.0f) * (1.0f / 2048.0f));
     /* decade j holds the magnitude indices [2^j, 2^(j+1)); the signed map's unused eighth decade is never chosen */
-    r.high = _mm256_setr_epi32(1, 3, 7, 15, 31, 63, 127, 255);
+    r.high = _mm256_loadu_si256((const __m256i *)codec->high);
     r.abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
     r.ione = _mm256_set1_epi32(1);
     r.two = _mm256_set1_epi32(2);
@@ -295,11 +289,6 @@ static void encode_row(const float *x, float absmax, const int32_t *table, const
     for (; i < n; i++) codes[i] = (uint8_t)round_one(x[i] / scale, table, is_signed);
 }
 
-static inline float lerp1(float start, float end, float w) {
-    /* torch's lerp with a scalar weight */
-    return fabsf(w) < 0.5f ? start + w * (end - start) : end - (end - start) * (1.0f - w);
-}
-
 /* 2^x for x <= 0 (NaN stays NaN) as the compiled float32 step computes it (gradwise.transforms.friction
    `exp2_nonpositive`): x clamped to -126, 2^n p(x - n) with n = floor(x), the polynomial EXP2_FRACTION and 2^n
    written into the exponent bits. Within an ulp of torch's exp2 before diffGrad adds 1 (tests); unlike libm's
@@ -308,13 +297,9 @@ static inline float exp2_nonpositive(float x) {
     x = x < -126.0f ? -126.0f : x;
     float whole = floorf(x);
     float fraction = x - whole;
-    float power = 0.00021704331961960359f;
-    power = power * fraction + 0.0012439082689481157f;
-    power = power * fraction + 0.009678906701186301f;
-    power = power * fraction + 0.055483309391873306f;
-    power = power * fraction + 0.24022984349140653f;
-    power = power * fraction + 0.6931469832666615f;
-    power = power * fraction + 1.0000000018629913f;
+    static const float coefficients[7] = GW_EXP2_FRACTION; /* lowest degree first */
+    float power = coefficients[6];
+    for (int d = 5; d >= 0; d--) power = power * fraction + coefficients[d];
     int32_t exponent = ((int32_t)(whole == whole ? whole : 0.0f) + 127) << 23; /* 2^n, n in [-126, 0] */
     float scale;
     memcpy(&scale, &exponent, sizeof scale);
@@ -451,17 +436,11 @@ static void run_ops(const gw_op *prog, int32_t nops, float *restrict p, float *r
             /* torch: d = v.sqrt().mul_(k0).add_(k1); x = (m1 * k2).add_(m2, alpha=k3).div_(d);
                x.add_(p, alpha=k4) with weight decay; p.add_(x, alpha=k5) */
             const float k4 = op.k[4], k5 = op.k[5];
-            if (op.op == OP_ADEMAMIX_STEP_DECAY) {
-                for (int32_t i = 0; i < n; i++) {
-                    float x = fmaf(k3, b[i], a[i] * k2) / (sqrtf(c[i]) * k0 + k1);
-                    x = fmaf(k4, p[i], x);
-                    p[i] = fmaf(k5, x, p[i]);
-                }
-            } else {
-                for (int32_t i = 0; i < n; i++) {
-                    float x = fmaf(k3, b[i], a[i] * k2) / (sqrtf(c[i]) * k0 + k1);
-                    p[i] = fmaf(k5, x, p[i]);
-                }
+            const int decays = op.op == OP_ADEMAMIX_STEP_DECAY;
+            for (int32_t i = 0; i < n; i++) {
+                float x = fmaf(k3, b[i], a[i] * k2) / (sqrtf(c[i]) * k0 + k1);
+                if (decays) x = fmaf(k4, p[i], x);
+                p[i] = fmaf(k5, x, p[i]);
             }
             break;
         }

@@ -160,6 +160,17 @@ def _compile(compiler: str, flags: Sequence[str], target: Path) -> str | None:
             os.unlink(partial)
 
 
+def _definitions() -> tuple[str, ...]:
+    """The -D flags that give the C source the constants owned by Python: quantize's rounding table and
+    friction's 2^x polynomial."""
+    quantize = importlib.import_module("gradwise.state.quantize")  # the package exports a function of that name
+    from ..transforms.friction import EXP2_FRACTION
+
+    return (f"-DGW_SHIFT={quantize._SHIFT}", f"-DGW_LOWEST={quantize._LOWEST}", f"-DGW_BUCKETS={quantize._BUCKETS}",
+            f"-DGW_SIGNED_ZERO={quantize._SIGNED_ZERO}",
+            "-DGW_EXP2_FRACTION={" + ",".join(f"{c!r}f" for c in EXP2_FRACTION) + "}")
+
+
 def load(flags: Sequence[str]) -> tuple[Any | None, str | None]:
     """(the kernel built with `flags` and loaded through ctypes, None) or (None, why not). Builds into the cache
     directory unless a build with the same source, flags, compiler and CPU is there."""
@@ -171,6 +182,7 @@ def load(flags: Sequence[str]) -> tuple[Any | None, str | None]:
                                  check=False).stdout
     except (OSError, subprocess.SubprocessError) as error:
         return None, f"{compiler} --version failed: {error}"
+    flags = (*flags, *_definitions())
     digest = hashlib.sha256()
     for part in (_SOURCE.read_bytes(), repr(tuple(flags)).encode(), compiler.encode(), version.encode(),
                  _cpu_identity().encode(), platform.machine().encode()):
@@ -334,8 +346,9 @@ def program(chain: Sequence[Any], keys: Sequence[str], t: float) -> tuple[Any, i
 @functools.cache
 def _tables() -> tuple[Tensor, ...]:
     """(decode unsigned, decode signed, round unsigned, round signed, codec unsigned, codec signed) on the CPU:
-    the 256 code values, the packed rounding tables, and per decade its first midpoint, P_j and Q_j (the
-    kernel's `gw_codec`)."""
+    the 256 code values, the packed rounding tables, and the kernel's `gw_codec` (see the C source): per decade
+    its first midpoint, P_j and Q_j, the same at the slots of m's float exponent, the rounding grid's slope and
+    offset, and its last magnitude index."""
     quantize = importlib.import_module("gradwise.state.quantize")  # the package exports a function of that name
     cpu = torch.device("cpu")
     codecs = []
@@ -347,8 +360,17 @@ def _tables() -> tuple[Tensor, ...]:
         p = [p for _, p, _ in decades]
         q = [q for _, _, q in decades]
         unused = 8 - len(decades)
-        codecs.append(torch.tensor([*start, *[math.inf] * unused, *p, *[math.nan] * unused, *q, *[1.0] * unused],
-                                   dtype=torch.float32))
+        start32 = torch.tensor([*start, *[math.inf] * unused], dtype=torch.float32)
+        p32 = torch.tensor([*p, *[math.nan] * unused], dtype=torch.float32)
+        q32 = torch.tensor([*q, *[1.0] * unused], dtype=torch.float32)
+        slot = [(j + 7) % 8 for j in range(8)]  # decade j at the low 3 bits of 127 + j
+        rotated_p, rotated_q = torch.empty(8), torch.empty(8)
+        rotated_p[slot], rotated_q[slot] = p32, q32
+        slope, offset = q32 / 9.0, 0.5 - p32 / 9.0  # float32 arithmetic
+        slope[0] = 1.0 / (start32[1] - start32[0])  # decade 0 (the index 1 alone): its starts on 1 and 2
+        offset[0] = 1.0 - start32[0] * slope[0]
+        high = torch.tensor([2 ** (j + 1) - 1 for j in range(8)], dtype=torch.int32).view(torch.float32)
+        codecs.append(torch.cat([start32, p32, q32, rotated_p, rotated_q, slope, offset, high]))
     return (quantize._lookup(False, cpu).contiguous(), quantize._lookup(True, cpu).contiguous(),
             quantize._rounding_table(False, cpu).contiguous(), quantize._rounding_table(True, cpu).contiguous(),
             *codecs)
