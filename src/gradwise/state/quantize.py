@@ -130,14 +130,15 @@ def _rounding_table(signed: bool, device: torch.device) -> Tensor:
     return torch.cat([(below << 16) | above, (below << 16) | at_or_above]).to(device, torch.int32)
 
 
-def _nearest_codes(normalized: Tensor, signed: bool) -> Tensor:
+def _nearest_codes(normalized: Tensor, signed: bool, cleaned: bool = False) -> Tensor:
     """Indices into `dynamic_map(signed)` of the codes nearest to `normalized` (float32 in [-1, 1]; unsigned: NaN
     reads 0); a value exactly between two codes takes the lower one, as `torch.bucketize` on the midpoints.
-    Integer operations and one look-up (`_rounding_table`) per value."""
+    Integer operations and one look-up (`_rounding_table`) per value. `cleaned=True`: the caller has already sent
+    an unsigned map's NaN and negative values to 0 (eager `quantize_rows`, in its clamp), so it is not done twice."""
     table = _rounding_table(signed, normalized.device)
     if not signed and torch.compiler.is_compiling():  # negative values, -0 and NaN to +0
         normalized = torch.where(normalized > 0.0, normalized, 0.0)
-    elif not signed:  # the same codes (-0 rounds as +0)
+    elif not signed and not cleaned:  # the same codes (-0 rounds as +0); `cleaned`: the caller did it
         normalized = normalized.clamp_min(0.0).nan_to_num_(0.0)
     bits = normalized.view(torch.int32)
     magnitude_bits = bits & 0x7FFFFFFF if signed else bits
@@ -216,9 +217,9 @@ def quantize_rows(rows: Tensor, signed: bool = True) -> tuple[Tensor, Tensor]:
         if signed:
             normalized = torch.where(normalized < -1.0, -1.0, normalized)
             normalized = torch.where(normalized != normalized, 0.0, normalized)  # x != x is the NaN test
-    else:
-        normalized = normalized.nan_to_num_(0.0, 1.0, -1.0).clamp_(-1.0, 1.0)
-    codes = _nearest_codes(normalized, signed)
+    else:  # unsigned: negative values to +0 in the same pass
+        normalized = normalized.nan_to_num_(0.0, 1.0, -1.0).clamp_(-1.0 if signed else 0.0, 1.0)
+    codes = _nearest_codes(normalized, signed, cleaned=not torch.compiler.is_compiling())
     if torch.compiler.is_compiling():
         codes = codes.float()  # inductor's CPU code converts int32 to uint8 one lane at a time, float32 in vectors
     return codes.to(torch.uint8), absmax
