@@ -243,7 +243,8 @@ def test_8bit_state_converts_the_new_keys_only(compile, recwarn):
 
 
 def test_unchanged_hyper_parameters_check_nothing(monkeypatch):
-    """The per-step cost when nothing changes: one comparison of the group's hyper-parameters, no scan."""
+    """The per-step cost when nothing changes, or only non-zero numbers (an lr schedule): one comparison of the
+    group's hyper-parameters, no scan."""
     params = make_params()
     opt = gw.AdamW(params, lr=1e-2)
     calls = []
@@ -253,8 +254,13 @@ def test_unchanged_hyper_parameters_check_nothing(monkeypatch):
         set_grads(params, k)
         opt.step()
     assert calls == [0]
-    opt.param_groups[0]["lr"] = 5e-3  # a schedule: the init structure is checked again, no parameter scanned
-    set_grads(params, 4)
+    for k, lr in enumerate((5e-3, 2e-3, 1e-3)):  # a schedule: non-zero numbers rescaled, nothing checked
+        opt.param_groups[0]["lr"] = lr
+        set_grads(params, 4 + k)
+        opt.step()
+    assert calls == [0]
+    opt.param_groups[0]["weight_decay"] = 0.0  # a rate to 0: the init structure is checked again, no parameter scanned
+    set_grads(params, 7)
     opt.step()
     assert calls == [0, 0]
 

@@ -343,7 +343,10 @@ class ChainOptimizer(torch.optim.Optimizer, metaclass=_HyperSignature):
                     storage = option.storage(h)
             known = self._state_layouts.get(gi)
             if known is None or known[0] is not group or known[3] or not _same_values(known[1], h.__dict__):
-                self._grow_state(gi, group, h.__dict__, chain, storage)
+                if known is not None and known[0] is group and not known[3] and _rescaled(known[1], h.__dict__):
+                    self._state_layouts[gi] = (group, h.__dict__, known[2], known[3])  # an lr schedule's step
+                else:
+                    self._grow_state(gi, group, h.__dict__, chain, storage)
             if compiled is not None:  # returns what it could not compile, for the eager loop below
                 params = compiled.run_group(gi, params, h, chain, storage, work)
             for p in params:
@@ -497,6 +500,21 @@ def _same_values(last: dict[str, Any], values: dict[str, Any]) -> bool:
         return last == values
     except (RuntimeError, TypeError, ValueError):
         return False
+
+
+def _rescaled(last: dict[str, Any], values: dict[str, Any]) -> bool:
+    """Whether the only hyper-parameters that changed since the last check are numbers that were and are non-zero
+    (what an lr or momentum schedule does at each step): such a change keeps the chain's init structure, which
+    hyper-parameters decide by switches (flags, None, a rate of 0), so the state cannot lack keys."""
+    if last.keys() != values.keys():
+        return False
+    for key, value in values.items():
+        old = last[key]
+        if old is value:
+            continue
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v != 0 for v in (old, value)):
+            return False
+    return True
 
 
 def _init_structure(chain: tuple[Transform, ...]) -> tuple[Any, ...]:
