@@ -617,6 +617,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.breakdown:
         if compile_flag is False:
             parser.error("--breakdown times the compiled step: leave out --no-compile")
+        ignored = [flag for flag, dest in (("--grads", "grads"), ("--warmup", "warmup"),
+                                           ("--compile-warmup", "compile_warmup"), ("--no-peers", "no_peers"))
+                   if getattr(args, dest, None) != parser.get_default(dest)]
+        if ignored:  # the breakdown times its own fixed-gradient steps, no peers
+            parser.error(f"--breakdown does not take {', '.join(ignored)}")
         torch.set_num_threads(args.threads)
         rows = [(name, shape, overhead_breakdown(name, shape_list, repeats=max(repeats, 20), nonfinite=args.nonfinite,
                                                  backend=compile_flag, stat=args.stat))
