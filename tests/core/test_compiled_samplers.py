@@ -167,6 +167,8 @@ def test_compiled_noise_is_fresh_at_every_step_and_coordinate(name, backend):
             opt.step()
             tracked = [opt.state[p]["momentum_buffer"] for p in params] if name == "sghmc" else params
             paths.append(torch.cat([t.detach().reshape(-1) for t in tracked]))
+    (layout,) = opt._compiled.layouts.values()  # the two parameters in one flat buffer
+    assert len(layout.members) == 2
     paths = torch.stack(paths)
     if name == "sghmc":  # b' = (1 - friction) b - noise
         noise = -(paths[1:] - 0.9 * paths[:-1])

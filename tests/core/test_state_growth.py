@@ -6,6 +6,7 @@ KeyError and without falling back to eager."""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import pytest
 import torch
@@ -259,10 +260,23 @@ def test_unchanged_hyper_parameters_check_nothing(monkeypatch):
         set_grads(params, 4 + k)
         opt.step()
     assert calls == [0]
-    opt.param_groups[0]["weight_decay"] = 0.0  # a rate to 0: the init structure is checked again, no parameter scanned
+
+    class CountedState(defaultdict):  # counts the growth check's reads of a parameter's state
+        reads = 0
+
+        def get(self, key, default=None):
+            CountedState.reads += 1
+            return super().get(key, default)
+
+    opt.state = CountedState(dict, opt.state)
     set_grads(params, 7)
+    opt.step()  # a new state dict: the state option's one-off scan for loaded 8-bit codes reads it here
+    CountedState.reads = 0
+    opt.param_groups[0]["weight_decay"] = 0.0  # a rate to 0: the init structure is checked again, no parameter scanned
+    set_grads(params, 8)
     opt.step()
     assert calls == [0, 0]
+    assert CountedState.reads == 0
 
 
 @pytest.mark.parametrize("name", registry.available())

@@ -192,25 +192,25 @@ def test_eligibility_needs_one_step_count_and_scales_that_fit_the_block():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_inductor_flat_8_bit_step_is_the_eager_step_up_to_rare_one_step_codes(name, monkeypatch):
+def test_inductor_flat_8_bit_step_is_the_eager_step_up_to_rare_one_step_codes(name):
     # inductor's generated code, not the native kernel that compile=True takes where it builds
     # (tests/state/test_state_native.py)
-    monkeypatch.setattr(native, "_enabled", False)
-    eager_params, flat_params = parameters(), parameters()
-    eager, flat = make(name, eager_params), make(name, flat_params, compile=True)
-    for k in range(20):  # each step from the same state: the comparison does not compound
-        run(flat, flat_params, 1, start=k)
-        run(eager, eager_params, 1, start=k)
-        assert_same_state(eager, flat, exact_codes=False)
-        for p, q in zip(eager_params, flat_params, strict=True):
-            assert torch.allclose(p, q, rtol=1e-5, atol=1e-4)
-        eager.load_state_dict(roundtrip(flat.state_dict()))
-        with torch.no_grad():
+    with native.disabled():
+        eager_params, flat_params = parameters(), parameters()
+        eager, flat = make(name, eager_params), make(name, flat_params, compile=True)
+        for k in range(20):  # each step from the same state: the comparison does not compound
+            run(flat, flat_params, 1, start=k)
+            run(eager, eager_params, 1, start=k)
+            assert_same_state(eager, flat, exact_codes=False)
             for p, q in zip(eager_params, flat_params, strict=True):
-                p.copy_(q)
-    assert len(layouts(flat)) == 1
-    functions = flat._compiled._gradwise_quantized.functions  # inductor compiled the step (none failed)
-    assert functions and all(fn is not None for fn in functions.values())
+                assert torch.allclose(p, q, rtol=1e-5, atol=1e-4)
+            eager.load_state_dict(roundtrip(flat.state_dict()))
+            with torch.no_grad():
+                for p, q in zip(eager_params, flat_params, strict=True):
+                    p.copy_(q)
+        assert len(layouts(flat)) == 1
+        functions = flat._compiled._gradwise_quantized.functions  # inductor compiled the step (none failed)
+        assert functions and all(fn is not None for fn in functions.values())
 
 
 def test_invalidate_drops_the_8_bit_layouts_too_and_the_next_step_gathers_again():

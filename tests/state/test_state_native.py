@@ -354,7 +354,7 @@ def test_parameters_with_different_step_counts_and_a_reload_stay_on_the_kernel(n
     assert float(flat.state[flat_params[1]]["step"]) == 6 and float(flat.state[flat_params[0]]["step"]) == 8
 
 
-def test_a_resumed_native_run_repeats_an_uninterrupted_one_exactly():
+def test_a_resumed_native_run_repeats_an_uninterrupted_one_exactly(native_calls):
     straight_params, resumed_params = parameters(), parameters()
     straight = gw.create("adan", straight_params, lr=1e-2, compile=True, **EIGHT_BIT)
     first = gw.create("adan", resumed_params, lr=1e-2, compile=True, **EIGHT_BIT)
@@ -364,6 +364,7 @@ def test_a_resumed_native_run_repeats_an_uninterrupted_one_exactly():
     second = gw.create("adan", resumed_params, lr=1e-2, compile=True, **EIGHT_BIT)
     second.load_state_dict(saved)
     run(second, resumed_params, 7, start=8)
+    assert len(native_calls) == 15 + 8 + 7 and not quantized(second).functions  # all on the kernel
     for p, q in zip(straight_params, resumed_params, strict=True):
         assert torch.equal(p, q)
         for key, value in straight.state[p].items():
