@@ -4,7 +4,6 @@ views that keep the model's parameters and gradients working, and an eager fallb
 from __future__ import annotations
 
 import copy
-import io
 import warnings
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 from gradwise.core import ChainOptimizer, Transform
 from gradwise.core.compiled import SCALAR_DOUBLE
 from gradwise.core.registry import entry
@@ -93,13 +93,6 @@ def test_changing_lr_compiles_once_per_bucket_and_matches_eager(backend):
             assert_close([opt.state[params[i]][key] for i in pick], [ref.state[eager[i]][key] for i in pick],
                          RTOL[dtype])
     assert [float(opt.state[p]["step"]) for p in params] == [50.0] * len(params)
-
-
-def roundtrip(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=True)
 
 
 @pytest.mark.parametrize("first,second", [("aot_eager", False), (False, "aot_eager")])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 
 import gradwise as gw
+from checkpoint_io import roundtrip
 from gradwise.sampling.collect import SampleCollector, gaussian_neg_log_prior, neg_log_posterior
 
 SEED = 1234
@@ -123,10 +123,7 @@ def test_generator_makes_chains_reproducible_and_resumable(name):
     assert all(torch.equal(a, b) for a, b in zip(straight, again, strict=True))
 
     first, opt = chain(5)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
+    saved = roundtrip(opt.state_dict())
     resumed = [p.detach().clone().requires_grad_() for p in first]
     other = gw.create(name, resumed, lr=1e-2, generator=torch.Generator().manual_seed(999))
     other.load_state_dict(saved)

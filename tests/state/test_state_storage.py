@@ -10,6 +10,8 @@ import gradwise.state  # noqa: F401  (registers the option until gradwise import
 from checkpoint_io import roundtrip
 from gradwise.state import NON_NEGATIVE, max_error
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def state_bytes(opt):
     return sum(v.numel() * v.element_size() for s in opt.state.values() for k, v in s.items() if k != "step")
@@ -57,15 +59,10 @@ def regression_loss(bits, steps=300, **extra):
     torch.manual_seed(0)
     model = torch.nn.Linear(32, 64)
     opt = gw.AdamW(model.parameters(), lr=2e-2, state_bits=bits, state_block=256, state_min_size=1024, **extra)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny problem: threads only add overhead on a busy machine
-    try:
-        for _ in range(steps):
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(steps):  # one thread (the file's `one_thread`): threads only add overhead to a tiny problem
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
     with torch.no_grad():
         return float(torch.nn.functional.mse_loss(model(x), y)), opt
 
