@@ -101,6 +101,11 @@ _grad_of = operator.attrgetter("grad")
 _INTERNAL = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, f"{os.sep}torch{os.sep}")
 
 
+def first_line_of(error: BaseException) -> str:
+    """The first line of an error's message, at most 200 characters: what a fallback warning quotes."""
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
 def backend_of(flag: bool | str) -> str | None:
     """The torch.compile backend a `compile=` value asks for (True: inductor), or None for eager."""
     if flag is False:
@@ -358,7 +363,7 @@ def _buffer_sum(g: Tensor, backend: str) -> Tensor:
             return fn(g)
         except Exception as error:  # compiling failed: the eager sum from now on, for this length
             _streamed[key] = None
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            first_line = first_line_of(error)
             warnings.warn(f"gradwise: the non-finite check sums eagerly: torch.compile failed "
                           f"({type(error).__name__}: {first_line})", stacklevel=_user_level())
     return g.sum(dtype=dtype)
@@ -861,7 +866,7 @@ class CompiledStep:
             fn(*args)
         except Exception as error:  # tracing or compiling failed: nothing was written yet
             self.functions[fkey] = None
-            first_line = (str(error).strip().splitlines() or [""])[0][:200]
+            first_line = first_line_of(error)
             self._warn(gi, f"torch.compile failed ({type(error).__name__}: {first_line})")
             return False
         return True

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-from .compiled import Unsupported, _BucketViews, _fresh, coefficient_pattern, coefficient_slots, fill
+from .compiled import Unsupported, _BucketViews, _fresh, coefficient_pattern, coefficient_slots, fill, first_line_of
 
 __all__ = ["QuantizedLayout", "run_quantized"]
 
@@ -348,7 +348,7 @@ def _run_layout(step: Any, holder: _Quantized, gi: int, key: tuple, layout: Quan
         fn(*first, coefficients)  # traces and compiles: every chunk has the first one's shapes
     except Exception as error:  # tracing or compiling failed: nothing was written yet
         holder.functions[fkey] = None
-        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+        first_line = first_line_of(error)
         step._warn(gi, f"the flat 8-bit path failed to compile ({type(error).__name__}: {first_line})")
         return False
     for chunk in rest:  # outside the fallback: after the first chunk is written, the eager path would step it again

@@ -89,16 +89,16 @@ class SGDP(ChainOptimizer):
                   nesterov=Flag(), eps=NonNegative, delta=NonNegative, wd_ratio=UnitInterval)
 
     def chain(self, h: SimpleNamespace) -> tuple[Transform, ...]:
-        if h.momentum == 0:
+        if h.momentum:
+            first: tuple[Transform, ...] = (heavy_ball(h.momentum, h.dampening, h.nesterov),)
+        else:
             # The buffer would hold (1 - dampening) g, read by no later step: kept nowhere (d = g with Nesterov,
             # g + 0 b), which spares the step a parameter-sized read and write. Same trajectory.
-            scale = () if h.nesterov or h.dampening == 0 else (dampened(h.dampening),)
-            return (*scale, radial_projection(h.delta, h.wd_ratio, h.eps, decay=h.lr * h.weight_decay),
-                    sgd_step(h.lr))
+            first = () if h.nesterov or h.dampening == 0 else (dampened(h.dampening),)
         return (
-            heavy_ball(h.momentum, h.dampening, h.nesterov),
+            *first,
             radial_projection(h.delta, h.wd_ratio, h.eps, decay=h.lr * h.weight_decay / (1 - h.momentum)),
             # Without Nesterov, the authors' update is their momentum buffer itself, projected in place.
-            *(() if h.nesterov else (replace_buffer(),)),
+            *(() if h.nesterov or not h.momentum else (replace_buffer(),)),
             sgd_step(h.lr),
         )
