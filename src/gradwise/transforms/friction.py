@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..core import Transform, kernel_transform, zeros_state
+from .steps import folded_coefficients
 
 LOG2_E = 1 / math.log(2)
 # 2^f on [0, 1]: a degree-6 polynomial fit for relative error (at most 1.9e-9; in float32 within one unit in the
@@ -48,9 +49,6 @@ def friction_adam_step(lr: float, beta1: float, beta2: float, eps: float, first:
     less than float32's resolution. Run it after `first_moment` and `second_moment`; g is the incoming update.
     """
 
-    def coefficients(t: float) -> tuple[float, float]:
-        return (eps, -(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)))
-
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         prev = s[previous]
         inverse_friction = exp2_nonpositive((prev - u).abs_().mul_(-LOG2_E)).add_(1)  # 1 / xi
@@ -61,8 +59,8 @@ def friction_adam_step(lr: float, beta1: float, beta2: float, eps: float, first:
     def direction(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         return s[first]  # the step subtracts a positive multiple of m (see `Transform.direction`)
 
-    return kernel_transform(kernel, coefficients, zeros_state(previous), writes=True, elementwise=True,
-                            direction=direction, native=("friction_step", first, second, previous))
+    return kernel_transform(kernel, folded_coefficients(lr, beta1, beta2, eps), zeros_state(previous), writes=True,
+                            elementwise=True, direction=direction, native=("friction_step", first, second, previous))
 
 
 def exp2_nonpositive(x: Tensor) -> Tensor:

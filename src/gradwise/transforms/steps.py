@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from torch import Tensor
 
@@ -59,14 +60,21 @@ def folded_adam_step(lr: float, beta1: float, beta2: float, eps: float, second: 
     incoming update u (for diffGrad, the friction-damped momentum), not state["exp_avg"].
     """
 
-    def coefficients(t: float) -> tuple[float, float]:
-        return (eps, -(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)))
-
     def kernel(u: Tensor, p: Tensor, s: dict, c: tuple) -> Tensor:
         p.addcdiv_(u, s[second].sqrt().add_(c[0]), value=c[1])
         return u
 
-    return kernel_transform(kernel, coefficients, writes=True, elementwise=True)
+    return kernel_transform(kernel, folded_coefficients(lr, beta1, beta2, eps), writes=True, elementwise=True)
+
+
+def folded_coefficients(lr: float, beta1: float, beta2: float, eps: float) -> Callable[[float], tuple[float, float]]:
+    """(eps, -lr sqrt(1 - beta2^t) / (1 - beta1^t)) at step t: the coefficients of a step whose bias corrections
+    are folded into its size (`folded_adam_step`, diffGrad's `friction_adam_step`)."""
+
+    def coefficients(t: float) -> tuple[float, float]:
+        return (eps, -(lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)))
+
+    return coefficients
 
 
 def bias_corrected_step(lr: float, beta1: float) -> Transform:
