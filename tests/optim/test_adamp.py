@@ -156,6 +156,14 @@ def test_sgdp_without_momentum_keeps_no_buffer_and_starts_one_at_zero_when_momen
     _sgdp_steps(loaded, fresh, data[3:])
     for a, b in zip(raised.parameters(), fresh.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # and as a new SGDP with momentum, whose buffers come from its own first step, not from the state growth that
+    # both runs above go through (a grown buffer that did not start at zero would pass the comparison above)
+    restarted = make_net()
+    first = gw.SGDP(restarted.parameters(), momentum=0.0, **hyper)
+    _sgdp_steps(first, restarted, data[:3])
+    _sgdp_steps(gw.SGDP(restarted.parameters(), momentum=0.9, **hyper), restarted, data[3:])
+    for a, b in zip(raised.parameters(), restarted.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert not [w for w in recwarn if "runs eagerly" in str(w.message)]
 
 
